@@ -1,0 +1,13 @@
+"""genmodels: train, sample and evaluate generative image models from scratch."""
+
+__version__ = "0.1.0"
+
+
+def load(run_dir, **kwargs):
+    """Rebuild a trained run: ``genmodels.load("runs/demo").sample(64, seed=0)``."""
+    from .pipeline import load as _load
+
+    return _load(run_dir, **kwargs)
+
+
+__all__ = ["__version__", "load"]

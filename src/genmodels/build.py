@@ -1,0 +1,62 @@
+"""Build the pieces of a run from its config: device, network, path, parameterization, objective.
+
+Shared by training and ``pipeline.load`` so a run directory rebuilds exactly what was trained.
+"""
+
+import torch
+
+from .diffusion import NetDenoiser, build_path, get_parameterization
+from .errors import ConfigError
+from .nn import build_network
+from .objectives import DiffusionObjective
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device '{name}'; allowed: auto, cpu, cuda")
+    return torch.device(name)
+
+
+def network_options(cfg, data_shape, num_classes: int) -> dict:
+    """The model options with the data-dependent ones filled in (what config.json records)."""
+    options = dict(cfg.model.options)
+    if cfg.model.network == "unet":
+        if len(data_shape) != 3:
+            raise ConfigError(f"network 'unet' needs image data, but dataset '{cfg.data.name}' has "
+                              f"items of shape {tuple(data_shape)}; use model.network=mlp")
+        _fill(options, "in_channels", data_shape[0], cfg)
+        _fill(options, "image_size", data_shape[1], cfg)
+    elif cfg.model.network == "mlp":
+        if len(data_shape) != 1:
+            raise ConfigError(f"network 'mlp' needs vector data, but dataset '{cfg.data.name}' has "
+                              f"items of shape {tuple(data_shape)}; use model.network=unet")
+        _fill(options, "dim", data_shape[0], cfg)
+    if options.get("num_classes") == "auto":  # class-conditional on the dataset's labels
+        if not num_classes:
+            raise ConfigError(f"model.num_classes=auto but dataset '{cfg.data.name}' has no labels")
+        options["num_classes"] = num_classes
+    return options
+
+
+def _fill(options: dict, key: str, value: int, cfg) -> None:
+    given = options.setdefault(key, value)
+    if given != value:
+        raise ConfigError(f"model.{key} is {given} but dataset '{cfg.data.name}' gives {value}; "
+                          f"remove model.{key} or set data.image_size/data.channels to match")
+
+
+def build_diffusion(cfg, options: dict):
+    """(net, path, param, objective) of a diffusion run; the net is built on the CPU."""
+    net = build_network(cfg.model.network, **options)
+    path = build_path(cfg.diffusion)
+    param = get_parameterization(cfg.diffusion.prediction)
+    objective = DiffusionObjective(path, param, cfg.diffusion.min_snr_gamma)
+    return net, path, param, objective
+
+
+def make_denoiser(net, path, param) -> NetDenoiser:
+    return NetDenoiser(net, path, param)

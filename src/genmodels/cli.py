@@ -1,0 +1,181 @@
+"""The ``genmodels`` command line. Every user error ends in one ``error: ...`` line and a
+non-zero exit code, never a traceback."""
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .errors import GenmodelsError
+
+EXAMPLES = {
+    "train": "genmodels train mnist-ddpm train.lr=1e-3 --out runs/mnist\n"
+             "  genmodels train --resume --out runs/mnist train.images=600000",
+    "sample": "genmodels sample runs/mnist --n 64 --sampler ddim --steps 50 --seed 0 --out grid.png\n"
+              "  genmodels sample runs/mnist --n 5000 --out samples.npz   (uint8 [N,H,W,C])\n"
+              "  genmodels sample runs/mnist --n 16 --out pngs/           (one PNG per sample)",
+    "show": "genmodels data show mnist --out mnist.png\n  genmodels data show 8gaussians --out toy.png",
+    "demo": "genmodels demo --minutes 10 --out runs/demo",
+    "report": "genmodels report runs/mnist",
+}
+
+
+def _help(name, text):
+    return f"{text}\n\nExample:\n\n  {EXAMPLES[name]}"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="genmodels")
+def cli():
+    """Train, sample and evaluate generative image models from scratch.
+
+    Quick start: `genmodels demo` trains a DDPM on MNIST for ten minutes and writes a report.
+    """
+
+
+# ---- train ----------------------------------------------------------------------------
+@cli.command(help=_help("train", "Train a model from a YAML config (a path or a bundled name such "
+                                 "as mnist-ddpm) with optional key.sub=value overrides."))
+@click.argument("config", required=False)
+@click.argument("overrides", nargs=-1)
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Run directory.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+              help="Overrides train.device.")
+def train(config, overrides, out, resume, device):
+    from .config import load_config
+    from .pipeline import read_run_config
+    from .train.run import train as run_train
+
+    overrides = list(overrides)
+    if config is not None and "=" in config:  # `train --resume --out R key=value`: no config given
+        overrides.insert(0, config)
+        config = None
+    if device:
+        overrides.append(f"train.device={device}")
+    if config is None:
+        if not resume:
+            raise click.UsageError("give a CONFIG (e.g. mnist-ddpm), or --resume with --out RUN_DIR")
+        from .config import apply_overrides, from_dict
+
+        cfg = from_dict(apply_overrides(read_run_config(out)["config"], overrides))
+    else:
+        cfg = load_config(config, overrides)
+    progress = run_train(cfg, out, resume=resume)
+    click.echo(f"trained {progress.images_seen:,} images; run directory: {out}")
+
+
+# ---- sample ---------------------------------------------------------------------------
+def write_samples(x, out: Path) -> str:
+    """Save samples by the form of ``out``: .png grid, .npz (uint8 NHWC) or a directory/."""
+    from .images import save_grid, save_images, save_npz, scatter_plot
+
+    if str(out).endswith("/") or out.is_dir():
+        save_images(x, out)
+        return f"{len(x)} PNG files in {out}/"
+    if out.suffix == ".npz":
+        save_npz(x, out)
+        return f"{len(x)} samples in {out}"
+    if out.suffix == ".png":
+        if x.ndim == 2:
+            scatter_plot(x, out)
+        else:
+            save_grid(x, out, scale=2)
+        return f"grid of {len(x)} samples in {out}"
+    raise GenmodelsError(f"--out '{out}' must end in .png (grid), .npz (uint8 array) or / (one PNG each)")
+
+
+@cli.command(help=_help("sample", "Sample from a trained run (EMA weights)."))
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--n", default=64, show_default=True, help="Number of samples.")
+@click.option("--sampler", default="ddim", show_default=True, help="ddim | ddpm | euler.")
+@click.option("--steps", default=50, show_default=True, help="Sampling steps (network evaluations).")
+@click.option("--eta", default=None, type=float, help="DDIM noise: 0 deterministic, 1 = DDPM.")
+@click.option("--spacing", default=None, help="Timestep spacing: leading | trailing | linspace.")
+@click.option("--seed", default=0, show_default=True, help="Sample i uses seed + i.")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--out", "out", default="samples.png", show_default=True, type=click.Path(path_type=Path),
+              help="grid.png, samples.npz or a directory/ for one PNG per sample.")
+def sample(run_dir, n, sampler, steps, eta, spacing, seed, batch_size, weights, device, out):
+    from .pipeline import load
+
+    pipe = load(run_dir, device=device, weights=weights)
+    t0 = time.perf_counter()
+    x = pipe.sample(n, seed=seed, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
+                    batch_size=batch_size)
+    dt = time.perf_counter() - t0
+    click.echo(f"{write_samples(x, out)} ({dt:.1f} s, {1000 * dt / n:.1f} ms per sample)")
+
+
+# ---- data -----------------------------------------------------------------------------
+@cli.group()
+def data():
+    """Look at datasets."""
+
+
+@data.command(help=_help("show", "Save a grid (images) or scatter plot (2-D sets) of a dataset."))
+@click.argument("name")
+@click.option("--out", "out", default=None, type=click.Path(path_type=Path), help="Default: NAME.png")
+@click.option("--n", default=64, show_default=True)
+@click.option("--split", default="train", show_default=True)
+@click.option("--image-size", default=None, type=int)
+@click.option("--channels", default=None, type=int)
+def show(name, out, n, split, image_size, channels):
+    from .data import load_dataset
+    from .images import save_grid, scatter_plot
+
+    ds = load_dataset(name, split=split, image_size=image_size, channels=channels)
+    out = out or Path(f"{name.replace(':', '_').replace('/', '_')}.png")
+    if ds.kind == "points":
+        scatter_plot(ds.x[: max(n, 2000)], out, title=name)
+    else:
+        save_grid(ds.x[:n], out, scale=2)
+    labels = f", {ds.num_classes} classes" if ds.num_classes else ""
+    click.echo(f"{name} ({split}): {len(ds.x):,} items of shape {tuple(ds.shape)}{labels} -> {out}")
+
+
+# ---- demo and report --------------------------------------------------------------------
+@cli.command(help=_help("demo", "The main job: train a DDPM on MNIST for a few minutes, sample 64 "
+                                "digits with DDIM, evaluate them, and write an HTML report."))
+@click.option("--out", "out", default=None, type=click.Path(path_type=Path),
+              help="Run directory (default: runs/demo, or runs/demo-N if that exists).")
+@click.option("--minutes", default=10.0, show_default=True, help="Training time budget.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def demo(out, minutes, device):
+    from .demo import run_demo
+
+    report = run_demo(out=out, minutes=minutes, device=device)
+    click.echo(f"report: {report}")
+
+
+@cli.command(help=_help("report", "(Re)write a run's loss curve, sample grid and report.html."))
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def report(run_dir, device):
+    from .demo import make_report
+
+    click.echo(f"report: {make_report(run_dir, device=device)}")
+
+
+def main(argv=None):
+    try:
+        cli.main(args=argv, prog_name="genmodels", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except GenmodelsError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+"""Run configuration: dataclasses loaded from YAML, overridable as ``key.sub=value``.
+
+Every field is validated eagerly, and a bad field is reported by its dotted name with the allowed
+values, so a typo fails before any data is loaded:
+
+    >>> load_config("configs/mnist-ddpm.yaml", ["train.lr=1e-3", "model.base_channels=48"])
+"""
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist"  # mnist | fashion | digits | 8gaussians | ... | folder:PATH
+    image_size: int | None = None  # None: the dataset's own size
+    channels: int | None = None  # folder datasets: 1 (grayscale) or 3 (RGB)
+    skip_bad: bool = False  # skip unreadable image files with a warning instead of failing
+    n_points: int = 20000  # toy 2-D sets: how many points to draw
+
+
+@dataclass
+class ModelConfig:
+    """``network`` picks the class in genmodels.nn; every other key is passed to it."""
+
+    network: str = "unet"
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class DiffusionConfig:
+    path: str = "ddpm"  # ddpm (discrete, T steps) | vp (continuous)
+    schedule: str = "linear"  # ddpm beta schedule: linear | cosine
+    timesteps: int = 1000
+    beta_start: float = 1e-4  # linear ddpm schedule
+    beta_end: float = 0.02
+    beta_min: float = 0.1  # continuous vp path
+    beta_max: float = 20.0
+    prediction: str = "eps"  # what the network predicts: eps | x0 | v
+    min_snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (Hang et al. 2023); None = plain MSE
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    warmup_images: int = 0  # linear learning-rate warm-up
+    grad_clip: float | None = 1.0  # max global gradient norm; None = no clipping
+    ema_halflife_images: float = 50_000.0  # EMA half-life counted in training images (EDM)
+    ema_rampup: float | None = 0.05  # half-life <= rampup * images seen, so early EMA is not stale
+    images: int = 1_000_000  # stop after this many training images ...
+    minutes: float | None = None  # ... or after this much wall-clock time, whichever comes first
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    channels_last: bool = True
+    log_every_images: int = 3200
+    sample_every_images: int = 50_000
+    checkpoint_every_images: int = 50_000
+
+
+@dataclass
+class SampleConfig:
+    """Defaults for the grids the trainer and the demo draw."""
+
+    sampler: str = "ddim"
+    steps: int = 50
+    eta: float = 0.0
+    n: int = 64
+
+
+@dataclass
+class Config:
+    family: str = "diffusion"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+# Closed sets of values, checked when a config is built. Names of samplers and networks are
+# checked by their own registries, which know the full list.
+CHOICES = {
+    "family": ("diffusion",),
+    "diffusion.path": ("ddpm", "vp"),
+    "diffusion.schedule": ("linear", "cosine"),
+    "diffusion.prediction": ("eps", "x0", "v"),
+    "train.device": ("auto", "cpu", "cuda"),
+}
+POSITIVE = {
+    "diffusion.timesteps", "train.batch_size", "train.lr", "train.images",
+    "train.log_every_images", "train.sample_every_images", "train.checkpoint_every_images",
+    "sample.steps", "sample.n", "data.n_points",
+}
+
+
+def _coerce(value, annotation, key):
+    """Check ``value`` against a field's type annotation, converting int -> float where natural."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    elif annotation is dict or origin is dict:
+        if isinstance(value, dict):
+            return value
+    else:  # pragma: no cover - a field type this module does not know is a programming error
+        raise TypeError(f"unsupported config type {annotation} for {key}")
+    kind = getattr(annotation, "__name__", str(annotation))
+    raise ConfigError(f"config field '{key}' must be {kind}, got {value!r}")
+
+
+def _build(cls, values: dict, prefix: str):
+    """Build dataclass ``cls`` from a dict, naming unknown keys and bad values by dotted path."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.')}' must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    if cls is ModelConfig:  # every key but 'network' is an option of the network class
+        values = dict(values)
+        return ModelConfig(network=_coerce(values.pop("network", "unet"), str, prefix + "network"),
+                           options=values)
+    kwargs = {}
+    for key, value in values.items():
+        dotted = prefix + key
+        if key not in names:
+            raise ConfigError(f"unknown config key '{dotted}'; allowed keys in "
+                              f"'{prefix.rstrip('.') or 'the top level'}': {', '.join(names)}")
+        if dataclasses.is_dataclass(hints[key]):
+            kwargs[key] = _build(hints[key], value or {}, dotted + ".")
+        else:
+            kwargs[key] = _coerce(value, hints[key], dotted)
+    return cls(**kwargs)
+
+
+def validate(cfg: Config) -> Config:
+    flat = to_dict(cfg)
+    for key, allowed in CHOICES.items():
+        value = _lookup(flat, key)
+        if value not in allowed:
+            raise ConfigError(f"config field '{key}' is {value!r}; allowed values: {', '.join(allowed)}")
+    for key in POSITIVE:
+        value = _lookup(flat, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"config field '{key}' must be positive, got {value!r}")
+    if cfg.train.minutes is not None and cfg.train.minutes <= 0:
+        raise ConfigError(f"config field 'train.minutes' must be positive, got {cfg.train.minutes!r}")
+    if cfg.data.channels not in (None, 1, 3):
+        raise ConfigError(f"config field 'data.channels' is {cfg.data.channels!r}; allowed values: 1, 3")
+    if not 0.0 <= cfg.sample.eta <= 1.0:
+        raise ConfigError(f"config field 'sample.eta' must lie in [0, 1], got {cfg.sample.eta!r}")
+    return cfg
+
+
+def _lookup(flat: dict, dotted: str):
+    node = flat
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def to_dict(cfg: Config) -> dict:
+    """Plain nested dict, with the model options flattened next to 'network' as in YAML."""
+    out = dataclasses.asdict(cfg)
+    model = out.pop("model")
+    out["model"] = {"network": model["network"], **model["options"]}
+    return out
+
+
+def from_dict(values: dict) -> Config:
+    return validate(_build(Config, values, ""))
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """``train.lr=1e-3`` -> (["train", "lr"], 0.001); values are read as YAML scalars/lists."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key.sub=value, e.g. train.lr=1e-3")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override '{text}' has an empty key part")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({e.problem})") from None
+    return parts, value
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    values = _deep_copy(values)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = values
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{text}': '{part}' is not a section")
+        node[parts[-1]] = value
+    return values
+
+
+def _deep_copy(values: dict) -> dict:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in values.items()}
+
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A YAML path, or the name of a bundled config such as ``mnist-ddpm``."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    bundled = CONFIG_DIR / f"{path.stem}.yaml"
+    if path.suffix in ("", ".yaml", ".yml") and bundled.is_file() and len(path.parts) == 1:
+        return bundled
+    names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError(f"config file '{name_or_path}' not found; bundled configs: {names}")
+
+
+def load_config(name_or_path: str | None, overrides: list[str] = ()) -> Config:
+    values = {}
+    if name_or_path is not None:
+        path = resolve_config_path(name_or_path)
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return from_dict(apply_overrides(values, list(overrides)))

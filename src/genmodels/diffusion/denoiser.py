@@ -1,0 +1,39 @@
+"""The seam between networks and samplers: a Denoiser ``D(x, sigma, **cond) -> denoised``.
+
+``x`` is in VE coordinates (``x = x0 + sigma noise``, ARCHITECTURE.md), ``sigma`` a scalar or a
+per-sample tensor [B]; the result is the network's estimate of x0. Any net trained on any path
+with any parameterization becomes one through ``NetDenoiser``.
+"""
+
+import torch
+from torch import nn
+
+
+def expand_like(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """[B] or scalar -> [B, 1, 1, ...] broadcasting against x, in x's dtype and device."""
+    v = torch.as_tensor(v, device=x.device)
+    if v.ndim == 0:
+        v = v.expand(x.shape[0])
+    return v.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+
+
+class NetDenoiser(nn.Module):
+    """Wraps ``net(x_t, c_noise, **cond)`` trained on ``path`` predicting ``param``.
+
+    x_t = alpha_t x (VE -> path coordinates), t = path.from_sigma(sigma).
+    """
+
+    def __init__(self, net, path, param):
+        super().__init__()
+        self.net, self.path, self.param = net, path, param
+
+    def forward(self, x, sigma, **cond):
+        sigma = torch.as_tensor(sigma, device=x.device)
+        if sigma.ndim == 0:
+            sigma = sigma.expand(x.shape[0])
+        t = self.path.from_sigma(sigma.to(torch.float64))
+        alpha64 = self.path.alpha_from_sigma(sigma.to(torch.float64))
+        alpha = expand_like(alpha64, x)
+        x_t = x * alpha
+        out = self.net(x_t, self.path.c_noise(t).to(x.dtype), **cond)
+        return self.param.denoised(out, x_t=x_t, alpha=alpha, sigma=expand_like(alpha64 * sigma, x))

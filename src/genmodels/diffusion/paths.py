@@ -1,0 +1,208 @@
+"""Gaussian noising paths ``x_t = alpha(t) x0 + sigma(t) noise`` with t in [0, 1], t = 0 data.
+
+Samplers work in VE coordinates (Karras et al. 2022, Eq. 1): ``x = x_t / alpha_t = x0 + s noise``
+with the VE noise level ``s = to_sigma(t) = sigma_t / alpha_t``. A path converts between t and s,
+says what the network is conditioned on (``c_noise``), how training draws t, and which t a
+sampler visits.
+
+All schedule arithmetic is done in float64 and cast back to the caller's dtype: the DDPM
+alpha_bar spans four decades and float32 loses the low end.
+"""
+
+import math
+
+import torch
+
+from ..errors import ConfigError
+
+
+def _as_tensor(t) -> torch.Tensor:
+    return t if torch.is_tensor(t) else torch.as_tensor(t, dtype=torch.float64)
+
+
+class GaussianPath:
+    """Base: subclasses define ``to_sigma``/``from_sigma`` (VE level) and conditioning.
+
+    Every path here is variance preserving: ``alpha^2 + sigma^2 = 1``, so
+    ``alpha = 1 / sqrt(1 + s^2)`` and ``sigma = s / sqrt(1 + s^2)``.
+    """
+
+    t_min: float = 0.0  # smallest t a sampler's grid visits before jumping to the data (s = 0)
+
+    def to_sigma(self, t):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def from_sigma(self, s):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def alpha(self, t):
+        s = self.to_sigma(t)
+        return torch.rsqrt(1 + s.to(torch.float64) ** 2).to(s.dtype)
+
+    def sigma(self, t):
+        s = self.to_sigma(t)
+        s64 = s.to(torch.float64)
+        return (s64 * torch.rsqrt(1 + s64**2)).to(s.dtype)
+
+    def alpha_from_sigma(self, s):
+        """alpha_t at the t whose VE level is ``s`` (what a Denoiser scales x by)."""
+        s = _as_tensor(s)
+        return torch.rsqrt(1 + s.to(torch.float64) ** 2).to(s.dtype)
+
+    def add_noise(self, x0, noise, t):
+        """Draw from q(x_t | x0): ``alpha_t x0 + sigma_t noise`` (t per sample, shape [B])."""
+        shape = (-1,) + (1,) * (x0.ndim - 1)
+        alpha = self.alpha(t).reshape(shape).to(x0.dtype)
+        sigma = self.sigma(t).reshape(shape).to(x0.dtype)
+        return alpha * x0 + sigma * noise, alpha, sigma
+
+    def prior_std(self, s_max):
+        """Std of x in VE coordinates at the start of sampling: x_1 ~ N(0, 1) divided by alpha."""
+        return 1 / self.alpha_from_sigma(s_max)
+
+
+class DiscreteDDPM(GaussianPath):
+    """DDPM (Ho et al. 2020): T steps with betas from a schedule; step n in 0..T-1 is t = (n+1)/T.
+
+    Schedules: ``linear`` (betas linspace(beta_start, beta_end, T), Ho et al. Sec. 4) and
+    ``cosine`` (Nichol & Dhariwal 2021, Eq. 17: alpha_bar(t) = f(t)/f(0), f(t) = cos^2(
+    (t + 0.008)/1.008 * pi/2), betas clipped at 0.999). The network sees the step index n as
+    ``c_noise``, as diffusers does, so the same net can be driven by their schedulers as an oracle.
+    Between steps, log s is interpolated linearly in n (k-diffusion's DiscreteSchedule); below
+    step 0, s falls linearly to 0 at t = 0.
+    """
+
+    def __init__(self, *, schedule="linear", timesteps=1000, beta_start=1e-4, beta_end=0.02):
+        if schedule == "linear":
+            betas = torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
+        elif schedule == "cosine":
+            betas = cosine_betas(timesteps)
+        else:
+            raise ConfigError(f"unknown beta schedule '{schedule}'; allowed: linear, cosine")
+        self.schedule, self.timesteps = schedule, timesteps
+        self.betas = betas
+        self.alphas_cumprod = torch.cumprod(1 - betas, dim=0)
+        self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()
+        self.t_min = 1 / timesteps
+        self._log_sigmas = {}
+
+    def log_sigmas(self, device):
+        """log s of every step, cached per device (the tables are indexed by device tensors)."""
+        key = str(device)
+        if key not in self._log_sigmas:
+            self._log_sigmas[key] = self.sigmas.log().to(device)
+        return self._log_sigmas[key]
+
+    def index(self, t):
+        """Fractional step index n = t T - 1 (t = (n+1)/T)."""
+        return _as_tensor(t).to(torch.float64) * self.timesteps - 1
+
+    def to_sigma(self, t):
+        t = _as_tensor(t)
+        n = self.index(t)
+        log_sigmas = self.log_sigmas(t.device)
+        lo = n.floor().clamp(0, self.timesteps - 2).long()
+        w = (n - lo).clamp(max=1.0)
+        log_s = torch.lerp(log_sigmas[lo], log_sigmas[lo + 1], w)
+        below = n < 0  # between t = 0 (data) and the first step
+        s = torch.where(below, self.sigmas[0].item() * (n + 1).clamp(min=0), log_s.exp())
+        return s.to(t.dtype)
+
+    def from_sigma(self, s):
+        s = _as_tensor(s)
+        s64 = s.to(torch.float64)
+        s0 = self.sigmas[0].item()
+        log_sigmas = self.log_sigmas(s.device)
+        log_s = s64.clamp(min=s0).log()
+        hi = torch.searchsorted(log_sigmas, log_s.contiguous()).clamp(1, self.timesteps - 1)
+        lo = hi - 1
+        w = (log_s - log_sigmas[lo]) / (log_sigmas[hi] - log_sigmas[lo])
+        n = torch.where(s64 < s0, s64 / s0 - 1, lo + w.clamp(0, 1))
+        return ((n + 1) / self.timesteps).to(s.dtype)
+
+    def c_noise(self, t):
+        return self.index(t).to(_as_tensor(t).dtype)
+
+    def sample_t(self, n, *, generator, device):
+        steps = torch.randint(0, self.timesteps, (n,), generator=generator, device=device)
+        return (steps + 1).to(torch.float32) / self.timesteps
+
+    def grid(self, steps, *, spacing="leading"):
+        """Descending t of a ``steps``-step sampler (DDIM / 'flawed schedules' paper spacings)."""
+        T = self.timesteps
+        if not 1 <= steps <= T:
+            raise ConfigError(f"steps must lie in 1..{T} for a {T}-step DDPM, got {steps}")
+        if spacing == "leading":  # DDIM's: 0, k, 2k, ... with k = T // steps
+            n = torch.arange(steps, dtype=torch.float64) * (T // steps)
+        elif spacing == "trailing":  # Lin et al. 2024, Table 2: always includes the last step
+            n = (torch.arange(T, 0, -T / steps, dtype=torch.float64)).round().flip(0) - 1
+        elif spacing == "linspace":
+            n = torch.linspace(0, T - 1, steps, dtype=torch.float64).round()
+        else:
+            raise ConfigError(f"unknown timestep spacing '{spacing}'; allowed: leading, trailing, linspace")
+        return ((n.flip(0) + 1) / T)
+
+
+class ContinuousVP(GaussianPath):
+    """VP SDE (Song et al. 2021, Eq. 11) with linear beta(t) = beta_min + t (beta_max - beta_min).
+
+    log alpha_bar(t) = -t^2 (beta_max - beta_min) / 2 - t beta_min; c_noise = 1000 t.
+    """
+
+    def __init__(self, *, beta_min=0.1, beta_max=20.0, t_min=1e-3):
+        self.beta_min, self.beta_max, self.t_min = beta_min, beta_max, t_min
+
+    def log_alpha_bar(self, t):
+        t = _as_tensor(t).to(torch.float64)
+        return -0.5 * t**2 * (self.beta_max - self.beta_min) - t * self.beta_min
+
+    def to_sigma(self, t):
+        t = _as_tensor(t)
+        return torch.expm1(-self.log_alpha_bar(t)).sqrt().to(t.dtype)
+
+    def from_sigma(self, s):
+        s = _as_tensor(s)
+        log_1p_s2 = torch.log1p(s.to(torch.float64) ** 2)  # = -log alpha_bar
+        db = self.beta_max - self.beta_min
+        t = (-self.beta_min + (self.beta_min**2 + 2 * db * log_1p_s2).sqrt()) / db
+        return t.to(s.dtype)
+
+    def d_alpha(self, t):
+        """d alpha / dt = -beta(t) alpha / 2 (used by velocity parameterizations)."""
+        t = _as_tensor(t)
+        beta = self.beta_min + t.to(torch.float64) * (self.beta_max - self.beta_min)
+        return (-0.5 * beta * self.alpha(t).to(torch.float64)).to(t.dtype)
+
+    def c_noise(self, t):
+        return 1000 * _as_tensor(t)
+
+    def sample_t(self, n, *, generator, device):
+        u = torch.rand((n,), generator=generator, device=device)
+        return self.t_min + (1 - self.t_min) * u
+
+    def grid(self, steps, *, spacing="linspace"):
+        if steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {steps}")
+        if spacing not in ("linspace", "leading", "trailing"):
+            raise ConfigError(f"unknown timestep spacing '{spacing}'; allowed: leading, trailing, linspace")
+        return torch.linspace(1.0, self.t_min, steps, dtype=torch.float64)
+
+
+def cosine_betas(timesteps: int, *, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Nichol & Dhariwal 2021, Eq. 17: beta_n = 1 - alpha_bar((n+1)/T) / alpha_bar(n/T)."""
+
+    def f(t):
+        return math.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+
+    betas = [min(1 - f((n + 1) / timesteps) / f(n / timesteps), max_beta) for n in range(timesteps)]
+    return torch.tensor(betas, dtype=torch.float64)
+
+
+def build_path(cfg) -> GaussianPath:
+    """Path from a DiffusionConfig."""
+    if cfg.path == "ddpm":
+        return DiscreteDDPM(schedule=cfg.schedule, timesteps=cfg.timesteps,
+                            beta_start=cfg.beta_start, beta_end=cfg.beta_end)
+    if cfg.path == "vp":
+        return ContinuousVP(beta_min=cfg.beta_min, beta_max=cfg.beta_max)
+    raise ConfigError(f"unknown diffusion path '{cfg.path}'; allowed: ddpm, vp")

@@ -1,0 +1,121 @@
+"""A small MNIST classifier that judges whether generated digits are recognisable.
+
+Trained deterministically on the MNIST training split in a few seconds and cached as
+safetensors under $GENMODELS_CACHE (default ~/.cache/genmodels). The demo reports the fraction
+of samples it classifies with confidence >= 0.9 next to the same fraction on real test digits,
+so the number has a ceiling to be read against. (The full evaluation protocol, FD in CNN
+features, is a separate module.)
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..data import load_dataset
+
+
+class SmallCNN(nn.Module):
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+            nn.Linear(64 * 7 * 7, 128), nn.ReLU())
+        self.head = nn.Linear(128, num_classes)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GENMODELS_CACHE", Path.home() / ".cache" / "genmodels"))
+
+
+def train_classifier(*, epochs=4, seed=0, batch_size=64) -> SmallCNN:
+    """Adam on the 4,500 training digits with small random shifts (so it is not fooled by
+    off-centre strokes); deterministic for a given seed on the CPU."""
+    torch.manual_seed(seed)
+    data = load_dataset("mnist", split="train")
+    net = SmallCNN()
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        perm = torch.randperm(len(data.x), generator=g)
+        for i in range(0, len(perm) - batch_size + 1, batch_size):
+            idx = perm[i:i + batch_size]
+            x = data.x[idx]
+            dx, dy = torch.randint(-2, 3, (2,), generator=g).tolist()
+            x = torch.roll(x, shifts=(dx, dy), dims=(2, 3))
+            loss = F.cross_entropy(net(x), data.y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return net.eval()
+
+
+def mnist_classifier() -> SmallCNN:
+    """The cached classifier, trained on first use."""
+    path = cache_dir() / "mnist-smallcnn-v1.safetensors"
+    net = SmallCNN()
+    if path.is_file():
+        net.load_state_dict(load_file(str(path)))
+        return net.eval()
+    net = train_classifier()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # an unwritable cache only costs retraining next time
+    return net
+
+
+@torch.inference_mode()
+def predict(net, x, *, batch_size=500):
+    probs = torch.cat([F.softmax(net(x[i:i + batch_size].float().cpu()), dim=1)
+                       for i in range(0, len(x), batch_size)])
+    return probs.max(dim=1)
+
+
+@dataclass(frozen=True)
+class Recognisability:
+    confident_fraction: float  # samples classified with probability >= threshold
+    classes_covered: int  # distinct predicted classes among the confident samples
+    class_counts: tuple
+    real_confident_fraction: float  # the same on the real MNIST test split: the ceiling
+    classifier_test_accuracy: float
+    threshold: float
+
+    def as_facts(self) -> dict:
+        return {
+            "recognisable samples (MNIST CNN, p >= %.1f)" % self.threshold:
+                f"{100 * self.confident_fraction:.0f} % (real test digits: "
+                f"{100 * self.real_confident_fraction:.0f} %)",
+            "digit classes among them": f"{self.classes_covered} of 10, counts {list(self.class_counts)}",
+            "classifier test accuracy": f"{100 * self.classifier_test_accuracy:.1f} %",
+        }
+
+
+def recognisability(x, *, device=None, threshold=0.9) -> Recognisability:
+    """Score samples ``x`` [N, 1, 28, 28] in [-1, 1] with the MNIST classifier."""
+    if x.shape[1:] != (1, 28, 28):
+        raise ValueError(f"recognisability needs MNIST-shaped samples [N, 1, 28, 28], got {tuple(x.shape)}")
+    net = mnist_classifier()
+    conf, label = predict(net, x)
+    test = load_dataset("mnist", split="test")
+    test_conf, test_pred = predict(net, test.x)
+    confident = conf >= threshold
+    counts = torch.bincount(label[confident], minlength=10)
+    return Recognisability(
+        confident_fraction=confident.float().mean().item(),
+        classes_covered=int((counts > 0).sum()),
+        class_counts=tuple(counts.tolist()),
+        real_confident_fraction=(test_conf >= threshold).float().mean().item(),
+        classifier_test_accuracy=(test_pred == test.y).float().mean().item(),
+        threshold=threshold)

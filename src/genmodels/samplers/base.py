@@ -1,0 +1,67 @@
+"""What every sampler shares: the step loop, per-sample seeded noise, DDIM's noise split."""
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Handed to a sampler's ``callback`` after each step."""
+
+    i: int
+    x: torch.Tensor  # the state after the step
+    sigma: torch.Tensor
+    sigma_next: torch.Tensor
+    denoised: torch.Tensor  # D(x, sigma) before the step
+
+
+def sample_loop(step, denoiser, x, sigmas, *, cond=None, callback=None, progress=False, desc="sampling"):
+    """Run ``x = step(x, denoised, sigma, sigma_next)`` down a descending ``sigmas`` grid.
+
+    ``denoised = denoiser(x, sigma, **cond)`` is evaluated once per step here; a step that needs
+    more evaluations (Heun) closes over the denoiser itself.
+    """
+    cond = cond or {}
+    # Kept on the CPU: 0-dim CPU tensors act as scalars on any device, and branching on them
+    # (sigma_up > 0) costs no host sync in the loop.
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
+    for i in tqdm(range(len(sigmas) - 1), desc=desc, disable=not progress, leave=False):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = denoiser(x, sigma, **cond)
+        x = step(x, denoised, sigma, sigma_next)
+        if callback is not None:
+            callback(StepInfo(i, x, sigma, sigma_next, denoised))
+    return x
+
+
+class SeededNoise:
+    """Standard normal noise drawn per sample from its own seed, so sample i is the same whatever
+    the batch it is drawn in (EDM's per-seed generators). Each call draws the next tensor.
+
+    Drawn on the CPU and moved, so a seed gives the same image on every device.
+    """
+
+    def __init__(self, seeds, shape, *, device="cpu", dtype=torch.float32):
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.shape, self.device, self.dtype = tuple(shape), device, dtype
+
+    def __call__(self) -> torch.Tensor:
+        draws = [torch.randn(self.shape, generator=g) for g in self.generators]
+        return torch.stack(draws).to(device=self.device, dtype=self.dtype)
+
+
+def ancestral_split(sigma, sigma_next, eta):
+    """Split the move sigma -> sigma_next into a deterministic part (to ``sigma_down``) and fresh
+    noise of std ``sigma_up``, with sigma_down^2 + sigma_up^2 = sigma_next^2.
+
+    DDIM's sigma_t(eta) (Song et al. 2021, Eq. 16) written in VE coordinates:
+    sigma_up = eta * sqrt(sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2). eta = 1 is the DDPM
+    posterior q(x_{t-1} | x_t, x0) with variance beta-tilde; eta = 0 adds no noise.
+    """
+    if eta == 0:
+        return sigma_next, sigma_next * 0
+    sigma_up = (eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2).sqrt()).clamp(max=sigma_next)
+    sigma_down = (sigma_next**2 - sigma_up**2).sqrt()
+    return sigma_down, sigma_up

@@ -1,0 +1,72 @@
+"""Run-directory files, each written to a temporary name and renamed, so a kill mid-save leaves
+the previous file intact. Weights are safetensors (no pickle); ``state.pt`` holds only tensors and
+plain Python values, so it loads with ``torch.load(weights_only=True)``."""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import CheckpointError
+
+
+def atomic_write(path, write) -> None:
+    """Call ``write(tmp_path)`` then rename tmp_path onto ``path`` (same directory, same disk)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_json(obj, path) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n"))
+
+
+def flat_state(modules: dict) -> dict:
+    """{"net": module} -> {"net.layer.weight": tensor, ...}, contiguous CPU tensors for safetensors."""
+    out = {}
+    for name, module in modules.items():
+        for key, value in module.state_dict().items():
+            out[f"{name}.{key}"] = value.detach().to("cpu").contiguous()
+    return out
+
+
+def save_weights(modules: dict, path) -> None:
+    state = flat_state(modules)
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+
+
+def load_weights(modules: dict, path) -> None:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file '{path}' is missing")
+    state = load_file(str(path))
+    for name, module in modules.items():
+        prefix = name + "."
+        own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        missing, unexpected = module.load_state_dict(own, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"'{path}' does not match the network built from config.json "
+                f"(missing: {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+                f"unexpected: {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})")
+
+
+def save_state(state: dict, path) -> None:
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_state(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"training state '{path}' is missing; cannot resume")
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,102 @@
+"""``genmodels train``: wire data, family and trainer for one run directory."""
+
+import json
+from pathlib import Path
+
+import torch
+
+from .. import __version__, build
+from ..config import Config, from_dict, to_dict
+from ..data import InfiniteBatches, load_dataset
+from ..errors import CheckpointError, ConfigError
+from ..images import save_grid, scatter_plot
+from ..pipeline import generate
+from .checkpoint import save_json
+from .ema import EMA
+from .trainer import Phase, Trainer
+
+# Sections that fix what the weights mean: a resumed run must not change them.
+FROZEN_SECTIONS = ("family", "data", "model", "diffusion")
+
+
+def check_run_dir(run_dir: Path, *, resume: bool) -> None:
+    has_state = (run_dir / "state.pt").is_file()
+    if resume and not has_state:
+        raise CheckpointError(f"cannot resume: '{run_dir}' holds no state.pt (not a run directory, "
+                              "or its first checkpoint was never written)")
+    if not resume and run_dir.exists() and any(run_dir.iterdir()):
+        raise CheckpointError(f"run directory '{run_dir}' already exists and is not empty; pass "
+                              "--resume to continue it or choose another --out")
+
+
+def check_resumable(saved: dict, cfg: Config) -> None:
+    new = to_dict(cfg)
+    for section in FROZEN_SECTIONS:
+        if saved.get(section) != new.get(section):
+            raise ConfigError(f"cannot resume with a different '{section}' section than the run "
+                              f"was started with (saved: {saved.get(section)}, now: {new.get(section)})")
+
+
+def prepare(cfg: Config, run_dir, *, resume=False):
+    """Build a Trainer for ``cfg`` writing to ``run_dir`` (resumed from its checkpoint if asked)."""
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir, resume=resume)
+    device = build.resolve_device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+    dataset = load_dataset(cfg.data.name, split="train", image_size=cfg.data.image_size,
+                           channels=cfg.data.channels, skip_bad=cfg.data.skip_bad,
+                           n_points=cfg.data.n_points, seed=cfg.train.seed)
+    options = build.network_options(cfg, dataset.shape, dataset.num_classes)
+    cfg.model.options = options
+    net, path, param, objective = build.build_diffusion(cfg, options)
+    channels_last = cfg.train.channels_last and len(dataset.shape) == 3
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    net = net.to(device=device, memory_format=memory_format)
+
+    record = {"config": to_dict(cfg), "data_shape": list(dataset.shape),
+              "class_names": list(dataset.class_names), "genmodels_version": __version__}
+    if resume:
+        saved = json.loads((run_dir / "config.json").read_text())["config"]
+        check_resumable(saved, cfg)
+
+    def loss(batch, generator):
+        x = batch["x"].to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        batch = {**batch, "x": x, **({"y": batch["y"].to(device)} if "y" in batch else {})}
+        return objective(net, batch, generator=generator)
+
+    t = cfg.train
+    optimizer = torch.optim.AdamW(net.parameters(), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2),
+                                  weight_decay=t.weight_decay)
+    ema = EMA(net, halflife_images=t.ema_halflife_images, rampup=t.ema_rampup)
+
+    def preview(png_path):
+        n = 16 if len(dataset.shape) == 3 else 2000
+        x = generate(build.make_denoiser(ema.module, path, param), path, shape=dataset.shape,
+                     seeds=range(n), sampler=cfg.sample.sampler, steps=min(cfg.sample.steps, 25),
+                     eta=cfg.sample.eta, device=device)
+        if len(dataset.shape) == 3:
+            save_grid(x.clamp(-1, 1), png_path, nrow=8, scale=2)
+        else:
+            scatter_plot(x, png_path, reference=dataset.x[:2000])
+
+    batches = InfiniteBatches(dataset, t.batch_size, seed=t.seed)
+    trainer = Trainer(run_dir=run_dir, cfg=t, modules={"net": net},
+                      phases=[Phase("denoiser", net, loss, optimizer, t.grad_clip)],
+                      emas={"net": ema}, batches=batches, device=device, preview=preview,
+                      generator_seed=t.seed)
+    if resume:
+        trainer.load()
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    save_json(record, run_dir / "config.json")
+    return trainer
+
+
+def train(cfg: Config, run_dir, *, resume=False):
+    trainer = prepare(cfg, run_dir, resume=resume)
+    return trainer.fit()
+
+
+__all__ = ["prepare", "train", "from_dict"]
