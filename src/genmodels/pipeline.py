@@ -100,6 +100,10 @@ def load(run_dir, *, device="auto", weights="ema") -> Pipeline:
     if weights not in files:
         raise ConfigError(f"weights must be one of {', '.join(files)}, got '{weights}'")
     load_weights({"net": net}, run_dir / files[weights])
-    net = net.to(device).eval().requires_grad_(False)
+    # The memory format the run trained in: convolutions round differently in channels_last,
+    # and sampling in the same format keeps samples bit-identical to the trainer's previews.
+    images = len(record["data_shape"]) == 3
+    memory_format = torch.channels_last if cfg.train.channels_last and images else torch.contiguous_format
+    net = net.to(device=device, memory_format=memory_format).eval().requires_grad_(False)
     return Pipeline(run_dir, cfg, net, path, param, tuple(record["data_shape"]),
                     tuple(record.get("class_names", ())), device)

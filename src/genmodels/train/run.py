@@ -59,12 +59,16 @@ def prepare(cfg: Config, run_dir, *, resume=False):
         saved = json.loads((run_dir / "config.json").read_text())["config"]
         check_resumable(saved, cfg)
 
+    conditional = options.get("num_classes") is not None
+
     def loss(batch, generator):
         x = batch["x"].to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        batch = {**batch, "x": x, **({"y": batch["y"].to(device)} if "y" in batch else {})}
-        return objective(net, batch, generator=generator)
+        on_device = {"x": x}
+        if conditional:  # labels feed the net only when it was built class-conditional
+            on_device["y"] = batch["y"].to(device)
+        return objective(net, on_device, generator=generator)
 
     t = cfg.train
     optimizer = torch.optim.AdamW(net.parameters(), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2),

@@ -1,0 +1,24 @@
+"""Data: in-memory datasets normalised to [-1, 1], toy 2-D distributions, endless batches.
+
+    from genmodels.data import load_dataset, InfiniteBatches
+    data = load_dataset("mnist", split="train")           # Dataset, x [4500, 1, 28, 28]
+    batches = InfiniteBatches(data, 128, seed=0)
+    batch = next(batches)                                  # {"x": [128, 1, 28, 28], "y": [128]}
+"""
+
+from genmodels.data.datasets import DATASET_NAMES, SPLITS, Dataset, load_dataset
+from genmodels.data.folder import load_image_folder
+from genmodels.data.loader import InfiniteBatches, derive_seed
+from genmodels.data.toy import TOY_DISTRIBUTIONS, ToyDistribution
+
+__all__ = [
+    "Dataset",
+    "load_dataset",
+    "DATASET_NAMES",
+    "SPLITS",
+    "InfiniteBatches",
+    "derive_seed",
+    "TOY_DISTRIBUTIONS",
+    "ToyDistribution",
+    "load_image_folder",
+]

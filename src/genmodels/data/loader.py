@@ -1,0 +1,118 @@
+"""Endless shuffled batches from an in-memory dataset, resumable from two integers.
+
+Each epoch's order is ``torch.randperm(N)`` from a generator seeded by ``(seed, epoch)``, so the
+state is just ``{"epoch", "pos"}`` and a resumed run sees exactly the batches an uninterrupted
+run would. Under DDP rank r takes ``perm[r::world_size]`` of the same permutation, so ranks are
+disjoint within an epoch without talking to each other.
+
+    batches = InfiniteBatches(dataset, 128, seed=0, rank=rank, world_size=world_size)
+    batch = next(batches)                # {"x": [128, C, H, W], "y": [128]}
+    state = batches.state_dict()         # save with the checkpoint; load_state_dict on resume
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from genmodels.errors import ConfigError
+
+__all__ = ["InfiniteBatches", "derive_seed"]
+
+
+def derive_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (e.g. ``(seed, epoch)``), for torch.Generator."""
+    # SeedSequence hashes its entropy, so nearby inputs give unrelated streams
+    entropy = [int(p) % 2**64 for p in parts]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+class InfiniteBatches:
+    """Iterator of batch dicts ``{"x": [B, ...]}`` plus ``"y": [B]`` when the dataset is labelled.
+
+    Holds the dataset tensors (moved once to ``device``), this rank's shard of the current
+    epoch's permutation, and the position ``pos`` (items of the shard already served). The last
+    incomplete batch of each epoch is dropped, and so are the ``N % world_size`` items at the
+    end of each permutation, so every rank serves the same number of batches per epoch.
+    """
+
+    def __init__(
+        self,
+        dataset,
+        batch_size: int,
+        *,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        device: str | torch.device = "cpu",
+    ):
+        _check_sharding(len(dataset.x), batch_size, rank, world_size)
+        self.x = dataset.x.to(device)
+        self.y = None if dataset.y is None else dataset.y.to(device)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.shard_size = len(dataset.x) // world_size
+        self.batches_per_epoch = self.shard_size // batch_size
+        self.epoch = 0
+        self.pos = 0
+        self._shard: Tensor | None = None  # indices for (self.epoch); rebuilt when it changes
+        self._shard_epoch = -1
+
+    def __iter__(self) -> InfiniteBatches:
+        return self
+
+    def __next__(self) -> dict[str, Tensor]:
+        index = self._current_shard()[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        self._roll_over_if_exhausted()
+        batch = {"x": self.x[index]}
+        if self.y is not None:
+            batch["y"] = self.y[index]
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the next batch comes from: ``{"epoch": int, "pos": int}`` (pos counts items)."""
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from a ``state_dict()``; the following batches equal the original run's."""
+        epoch, pos = int(state["epoch"]), int(state["pos"])
+        if epoch < 0 or not 0 <= pos <= self.shard_size:
+            raise ConfigError(
+                f"batch iterator state {state} is out of range for a shard of {self.shard_size} "
+                "items; was the checkpoint made with another dataset or world_size?"
+            )
+        self.epoch, self.pos = epoch, pos
+        self._roll_over_if_exhausted()
+
+    def _roll_over_if_exhausted(self) -> None:
+        if self.pos + self.batch_size > self.shard_size:
+            self.epoch += 1
+            self.pos = 0
+
+    def _current_shard(self) -> Tensor:
+        if self._shard_epoch != self.epoch:
+            self._shard = self._epoch_shard(self.epoch).to(self.x.device)
+            self._shard_epoch = self.epoch
+        return self._shard
+
+    def _epoch_shard(self, epoch: int) -> Tensor:
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch))
+        perm = torch.randperm(len(self.x), generator=generator)
+        usable = self.shard_size * self.world_size
+        return perm[:usable][self.rank :: self.world_size]
+
+
+def _check_sharding(n: int, batch_size: int, rank: int, world_size: int) -> None:
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} is not in 0..world_size-1 for world_size {world_size}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    if n // world_size < batch_size:
+        raise ConfigError(
+            f"the dataset has {n} items, {n // world_size} per rank over {world_size} rank(s), "
+            f"fewer than batch_size {batch_size}; lower batch_size to at most {n // world_size}"
+        )

@@ -1,0 +1,160 @@
+"""Turning model outputs into files: image grids, per-sample PNGs, .npz arrays, 2-D scatter plots.
+
+Inputs are float tensors [N, C, H, W] in [-1, 1] (C = 1 is saved as grayscale "L", C = 3 as
+RGB). Every file is written to a temporary name beside its destination and renamed, so an
+interrupted run never leaves a half-written image that a later FID run would read.
+
+    save_grid(samples, "runs/x/samples/step_1000.png", scale=4)
+    save_npz(samples, "runs/x/samples.npz")      # uint8 [N, H, W, C] under "arr_0"
+    scatter_plot(points, "toy.png", reference=data.x)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+__all__ = ["to_uint8", "make_grid", "save_grid", "save_images", "save_npz", "scatter_plot"]
+
+
+def to_uint8(x: Tensor) -> np.ndarray:
+    """Images [N, C, H, W] in [-1, 1] -> uint8 [N, H, W, C]: -1 -> 0, 0 -> 128, 1 -> 255."""
+    _check_images(x)
+    x = x.detach().to("cpu", torch.float32)
+    # casting NaN/inf to uint8 is undefined; a diverged model should still give a viewable file
+    x = torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
+    pixels = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).numpy()
+
+
+def make_grid(
+    x: Tensor, *, nrow: int | None = None, padding: int = 2, pad_value: int = 255
+) -> np.ndarray:
+    """Tile images [N, C, H, W] into uint8 [H', W', C], ``nrow`` images per row.
+
+    ``nrow`` defaults to ceil(sqrt(N)); tiles are separated and framed by ``padding`` pixels of
+    ``pad_value`` (white, visible between MNIST's black backgrounds); empty cells are padding.
+    """
+    pixels = to_uint8(x)
+    n, h, w, c = pixels.shape
+    nrow = max(1, math.ceil(math.sqrt(n))) if nrow is None else int(nrow)
+    if nrow < 1:
+        raise ValueError(f"nrow must be at least 1, got {nrow}")
+    rows = max(1, math.ceil(n / nrow))
+    grid = np.full(
+        (rows * (h + padding) + padding, nrow * (w + padding) + padding, c), pad_value, np.uint8
+    )
+    for i in range(n):
+        top = padding + (i // nrow) * (h + padding)
+        left = padding + (i % nrow) * (w + padding)
+        grid[top : top + h, left : left + w] = pixels[i]
+    return grid
+
+
+def save_grid(x: Tensor, path: str | Path, *, nrow: int | None = None, scale: int = 1) -> None:
+    """Save images as one grid PNG, each pixel repeated ``scale`` x ``scale`` times (nearest)."""
+    if int(scale) < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale}")
+    grid = make_grid(x, nrow=nrow)
+    if scale > 1:
+        grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+    _write_png(grid, Path(path))
+
+
+def save_images(x: Tensor, directory: str | Path, *, start: int = 0) -> None:
+    """Save one PNG per image, ``directory/000000.png`` onwards (``start`` offsets the numbering,
+    so batches of samples can be written one after another)."""
+    directory = Path(directory)
+    for i, pixels in enumerate(to_uint8(x), start=start):
+        _write_png(pixels, directory / f"{i:06d}.png")
+
+
+def save_npz(x: Tensor, path: str | Path) -> None:
+    """Save images as uint8 [N, H, W, C] under key "arr_0", the layout FID tools read.
+
+    The file is written to ``path`` exactly (numpy's habit of appending ".npz" is bypassed).
+    """
+    pixels = to_uint8(x)
+    with _atomic_file(Path(path)) as f:
+        np.savez(f, arr_0=pixels)
+
+
+def scatter_plot(
+    points, path: str | Path, *, reference=None, title: str | None = None, size: float = 4.0
+) -> None:
+    """Save a PNG scatter plot of 2-D ``points`` [N, 2], with ``reference`` [M, 2] (e.g. the
+    data) drawn in light grey behind. Axis limits follow the reference when given, so a few
+    far-off samples from a bad model do not shrink the data to a dot."""
+    from matplotlib.figure import Figure  # Figure alone renders with Agg; no pyplot global state
+
+    points = _as_points(points)
+    fig = Figure(figsize=(size, size), dpi=100)
+    ax = fig.add_subplot()
+    if reference is not None:
+        reference = _as_points(reference)
+        ax.scatter(reference[:, 0], reference[:, 1], s=1, c="#c8c8c8", alpha=0.5, linewidths=0)
+    ax.scatter(points[:, 0], points[:, 1], s=1, c="#1f5fa8", alpha=0.6, linewidths=0)
+    ax.set_xlim(*_limits(points if reference is None else reference))
+    ax.set_ylim(*_limits(points if reference is None else reference, axis=1))
+    ax.set_aspect("equal")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    with _atomic_file(Path(path)) as f:
+        fig.savefig(f, format="png")
+
+
+def _check_images(x: Tensor) -> None:
+    if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1] not in (1, 3):
+        shape = tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
+        raise ValueError(
+            f"expected an image tensor [N, C, H, W] with C = 1 or 3, got {shape}; "
+            "add a batch dimension with x[None] for a single image"
+        )
+
+
+def _as_points(points) -> np.ndarray:
+    array = points.detach().cpu().numpy() if isinstance(points, Tensor) else np.asarray(points)
+    if array.ndim != 2 or array.shape[1] != 2:
+        raise ValueError(f"expected 2-D points of shape [N, 2], got {array.shape}")
+    return array
+
+
+def _limits(points: np.ndarray, axis: int = 0) -> tuple[float, float]:
+    finite = points[np.isfinite(points).all(1), axis]
+    if len(finite) == 0:
+        return -1.0, 1.0
+    low, high = float(finite.min()), float(finite.max())
+    margin = 0.05 * (high - low) or 1.0
+    return low - margin, high + margin
+
+
+def _write_png(pixels: np.ndarray, path: Path) -> None:
+    """uint8 [H, W, 1] -> grayscale PNG, [H, W, 3] -> RGB PNG."""
+    image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+    with _atomic_file(path) as f:
+        image.save(f, format="PNG")
+
+
+@contextlib.contextmanager
+def _atomic_file(path: Path):
+    """A binary file object that becomes ``path`` only if the block completes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # a unique name in the same directory: os.replace is atomic only within one filesystem,
+    # and open(..., "xb") keeps the user's umask (tempfile.mkstemp would force mode 0600)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
