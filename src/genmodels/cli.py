@@ -67,11 +67,13 @@ def train(config, overrides, out, resume, device):
 
 
 # ---- sample ---------------------------------------------------------------------------
-def write_samples(x, out: Path) -> str:
+def write_samples(x, out: str) -> str:
     """Save samples by the form of ``out``: .png grid, .npz (uint8 NHWC) or a directory/."""
     from .images import save_grid, save_images, save_npz, scatter_plot
 
-    if str(out).endswith("/") or out.is_dir():
+    as_dir = out.endswith(("/", "\\"))  # a trailing slash, which Path() would drop
+    out = Path(out)
+    if as_dir or out.is_dir():
         save_images(x, out)
         return f"{len(x)} PNG files in {out}/"
     if out.suffix == ".npz":
@@ -97,7 +99,7 @@ def write_samples(x, out: Path) -> str:
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--out", "out", default="samples.png", show_default=True, type=click.Path(path_type=Path),
+@click.option("--out", "out", default="samples.png", show_default=True,
               help="grid.png, samples.npz or a directory/ for one PNG per sample.")
 def sample(run_dir, n, sampler, steps, eta, spacing, seed, batch_size, weights, device, out):
     from .pipeline import load

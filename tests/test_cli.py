@@ -1,0 +1,109 @@
+"""The command line: outputs in each form, and one clear line (no traceback) for bad input."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from genmodels.cli import main
+from genmodels.config import load_config
+from genmodels.train.run import train
+
+
+def run_cli(args, capsys):
+    """Run ``genmodels ARGS`` in-process; returns (exit code, stdout, stderr)."""
+    try:
+        main(list(map(str, args)))
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code not in (0, None), err
+    assert "Traceback" not in err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from tests.conftest import TINY_UNET
+
+    run = tmp_path_factory.mktemp("cli") / "run"
+    train(load_config("mnist-ddpm", TINY_UNET + ["train.images=32", "train.batch_size=16",
+                                                 "train.device=cpu"]), run)
+    return run
+
+
+def test_unknown_config_key(tmp_path, capsys):
+    code, _, err = run_cli(["train", "toy-ddpm", "train.lrr=1", "--out", tmp_path / "r"], capsys)
+    assert_one_line_error(code, err, "unknown config key 'train.lrr'", "lr")
+
+
+def test_bad_config_value(tmp_path, capsys):
+    code, _, err = run_cli(["train", "toy-ddpm", "diffusion.schedule=quadratic", "--out", tmp_path / "r"], capsys)
+    assert_one_line_error(code, err, "diffusion.schedule", "linear, cosine")
+    code, _, err = run_cli(["train", "toy-ddpm", "train.lr=fast", "--out", tmp_path / "r"], capsys)
+    assert_one_line_error(code, err, "train.lr", "must be float")
+
+
+def test_missing_config_file(tmp_path, capsys):
+    code, _, err = run_cli(["train", "nope.yaml", "--out", tmp_path / "r"], capsys)
+    assert_one_line_error(code, err, "nope.yaml", "mnist-ddpm")
+
+
+def test_missing_run_dir(tmp_path, capsys):
+    code, _, err = run_cli(["sample", tmp_path / "missing", "--out", tmp_path / "g.png"], capsys)
+    assert_one_line_error(code, err, "does not exist")
+
+
+def test_wrong_image_size(tmp_path, capsys):
+    code, _, err = run_cli(["train", "mnist-ddpm", "data.image_size=30", "--out", tmp_path / "r"], capsys)
+    assert_one_line_error(code, err, "image_size 30", "not divisible")
+
+
+def test_corrupt_image_file(tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(folder / "good.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    code, _, err = run_cli(["data", "show", f"folder:{folder}", "--image-size", "16",
+                            "--out", tmp_path / "g.png"], capsys)
+    assert_one_line_error(code, err, "broken.png")
+    code, _, err = run_cli(["train", "mnist-ddpm", f"data.name=folder:{folder}", "data.image_size=16",
+                            "--out", tmp_path / "r"], capsys)
+    assert_one_line_error(code, err, "broken.png")
+
+
+def test_bad_sampler_name(trained_run, tmp_path, capsys):
+    code, _, err = run_cli(["sample", trained_run, "--sampler", "magic", "--out", tmp_path / "g.png"], capsys)
+    assert_one_line_error(code, err, "unknown sampler 'magic'", "ddim")
+
+
+def test_sample_writes_grid_npz_and_pngs(trained_run, tmp_path, capsys):
+    args = ["sample", trained_run, "--n", 5, "--steps", 4, "--device", "cpu"]
+    assert run_cli(args + ["--out", tmp_path / "g.png"], capsys)[0] == 0
+    assert Image.open(tmp_path / "g.png").size[0] > 28
+    assert run_cli(args + ["--out", tmp_path / "s.npz"], capsys)[0] == 0
+    arr = np.load(tmp_path / "s.npz")["arr_0"]
+    assert arr.dtype == np.uint8 and arr.shape == (5, 28, 28, 1)
+    assert run_cli(args + ["--out", f"{tmp_path / 'pngs'}/"], capsys)[0] == 0
+    files = sorted(p.name for p in (tmp_path / "pngs").iterdir())
+    assert len(files) == 5 and np.array_equal(np.asarray(Image.open(tmp_path / "pngs" / files[2])), arr[2, :, :, 0])
+
+
+def test_data_show(tmp_path, capsys):
+    code, out, _ = run_cli(["data", "show", "mnist", "--out", tmp_path / "m.png"], capsys)
+    assert code == 0 and "4,500 items of shape (1, 28, 28), 10 classes" in out
+    code, out, _ = run_cli(["data", "show", "8gaussians", "--out", tmp_path / "t.png"], capsys)
+    assert code == 0 and (tmp_path / "t.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("command", [["train"], ["sample"], ["data", "show"], ["demo"], ["report"]])
+def test_help_has_an_example(command, capsys):
+    code, out, _ = run_cli(command + ["--help"], capsys)
+    assert code == 0 and "Example" in out and "genmodels" in out
