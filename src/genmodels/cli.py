@@ -22,7 +22,8 @@ EXAMPLES = {
 
 
 def _help(name, text):
-    return f"{text}\n\nExample:\n\n  {EXAMPLES[name]}"
+    # "\b" stops click from re-wrapping the example lines into one paragraph.
+    return f"{text}\n\n\b\nExample:\n  {EXAMPLES[name]}"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -30,7 +30,8 @@ def make_report(run_dir, *, device="auto", sample_seconds=None) -> Path:
     t0 = time.perf_counter()
     x = pipe.sample(**DEMO_SAMPLES)
     sample_seconds = time.perf_counter() - t0
-    grid = save_grid(x, run_dir / "samples.png", nrow=8, scale=3) or run_dir / "samples.png"
+    grid = run_dir / "samples.png"
+    save_grid(x, grid, nrow=8, scale=3)
     save_npz(x, run_dir / "samples.npz")
     loss_png = plot_loss(run_dir, run_dir / "loss.png")
 
@@ -55,11 +56,12 @@ def make_report(run_dir, *, device="auto", sample_seconds=None) -> Path:
                                  ("training loss", loss_png)], facts=facts)
 
 
-def run_demo(*, out=None, minutes=10.0, device="auto") -> Path:
+def run_demo(*, out=None, minutes=10.0, device="auto", overrides=()) -> Path:
+    """Train mnist-ddpm for ``minutes`` (plus config ``overrides``), then ``make_report``."""
     from .train.run import train
 
     run_dir = Path(out) if out is not None else free_run_dir(Path("runs/demo"))
-    cfg = load_config("mnist-ddpm", [f"train.minutes={minutes}", f"train.device={device}"])
+    cfg = load_config("mnist-ddpm", [f"train.minutes={minutes}", f"train.device={device}", *overrides])
     print(f"training a DDPM on MNIST for {minutes:g} minutes -> {run_dir}")
     train(cfg, run_dir)
     print("sampling 64 digits and writing the report")

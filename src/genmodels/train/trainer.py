@@ -124,9 +124,18 @@ class Trainer:
     def _mark(self, what: str) -> None:
         self.progress.last[what] = self.progress.images_seen
 
-    def _log(self, row: dict) -> None:
+    def _log_interval(self, loss_sum, loss_count, start, start_images, bar) -> None:
+        """Append the mean loss since the last row to metrics.jsonl and show it on the bar."""
+        self._mark("log")
+        loss = self._check_finite(loss_sum, loss_count)
+        elapsed = time.monotonic() - start
+        img_s = (self.progress.images_seen - start_images) / max(elapsed, 1e-9)
+        row = {"step": self.progress.step, "images": self.progress.images_seen, "loss": loss,
+               "lr": self.lr_at(self.progress.images_seen), "img_per_s": round(img_s, 2),
+               "elapsed_s": round(elapsed, 2)}
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
+        bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{img_s:.0f}")
 
     def _check_finite(self, loss_sum: torch.Tensor, count: int) -> float:
         value = loss_sum.item() / max(count, 1)
@@ -156,14 +165,7 @@ class Trainer:
                 loss_count += 1
                 bar.update(self.images_per_step)
                 if self._due("log", cfg.log_every_images):
-                    self._mark("log")
-                    loss = self._check_finite(loss_sum, loss_count)
-                    elapsed = time.monotonic() - start
-                    img_s = (self.progress.images_seen - start_images) / max(elapsed, 1e-9)
-                    self._log({"step": self.progress.step, "images": self.progress.images_seen,
-                               "loss": loss, "lr": self.lr_at(self.progress.images_seen),
-                               "img_per_s": round(img_s, 2), "elapsed_s": round(elapsed, 2)})
-                    bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{img_s:.0f}")
+                    self._log_interval(loss_sum, loss_count, start, start_images, bar)
                     loss_sum, loss_count = torch.zeros((), device=self.device), 0
                 if self.preview is not None and self._due("preview", cfg.sample_every_images):
                     self._mark("preview")
@@ -174,8 +176,8 @@ class Trainer:
                     self.save()
                 if self._stop_requested:
                     break
-            if loss_count:
-                self._check_finite(loss_sum, loss_count)
+            if loss_count:  # the last, partial interval
+                self._log_interval(loss_sum, loss_count, start, start_images, bar)
             self._mark("checkpoint")
             self.save()
         finally:
