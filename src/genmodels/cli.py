@@ -147,10 +147,11 @@ def show(name, out, n, split, image_size, channels):
               help="Run directory (default: runs/demo, or runs/demo-N if that exists).")
 @click.option("--minutes", default=10.0, show_default=True, help="Training time budget.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def demo(out, minutes, device):
+@click.argument("overrides", nargs=-1)
+def demo(out, minutes, device, overrides):
     from .demo import run_demo
 
-    report = run_demo(out=out, minutes=minutes, device=device)
+    report = run_demo(out=out, minutes=minutes, device=device, overrides=overrides)
     click.echo(f"report: {report}")
 
 

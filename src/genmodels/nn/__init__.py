@@ -1,0 +1,30 @@
+"""Neural network bodies for the denoisers: ``UNet`` for images, ``MLP`` for toy 2-D data.
+
+``build_network(name, **kwargs)`` builds one from a config; ``NETWORKS`` is the registry.
+"""
+
+import inspect
+
+from torch import nn
+
+from genmodels.errors import ConfigError
+from genmodels.nn.mlp import MLP
+from genmodels.nn.unet import UNet
+
+NETWORKS: dict[str, type] = {"unet": UNet, "mlp": MLP}
+
+
+def build_network(name: str, **kwargs) -> nn.Module:
+    """Build the network registered as ``name`` with keyword arguments ``kwargs`` (its config)."""
+    if name not in NETWORKS:
+        raise ConfigError(f"unknown network {name!r}; choose one of {sorted(NETWORKS)}")
+    cls = NETWORKS[name]
+    allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = [k for k in kwargs if k not in allowed]
+    if unknown:
+        raise ConfigError(f"network {name!r} got unexpected argument(s) {unknown}; "
+                          f"allowed: {allowed}")
+    return cls(**kwargs)
+
+
+__all__ = ["MLP", "NETWORKS", "UNet", "build_network"]

@@ -1,0 +1,48 @@
+"""Denoiser body for 2-D (or any low-dimensional) toy data.
+
+``MLP(x, c_noise, y)`` maps points ``x [B, dim]`` and noise-level conditioning ``c_noise [B]`` to
+``[B, dim]``; the parameterization decides what the output means.
+"""
+
+from torch import Tensor, nn
+import torch.nn.functional as F
+
+from genmodels.errors import ConfigError
+from genmodels.nn.layers import timestep_embedding, zero_init
+from genmodels.nn.unet import _class_embedding, _per_sample
+
+
+class MLP(nn.Module):
+    """``depth`` hidden layers of width ``hidden`` with SiLU. The sinusoidal noise-level embedding
+    (and the class embedding, ``num_classes + 1`` rows with the last one the null class) is added
+    to every hidden layer, not only the first, so conditioning cannot be washed out with depth.
+    The output layer is zero-initialised: the net starts by predicting 0.
+    """
+
+    def __init__(self, *, dim: int = 2, hidden: int = 256, depth: int = 3,
+                 num_classes: int | None = None):
+        super().__init__()
+        for name, value in [("dim", dim), ("hidden", hidden), ("depth", depth)]:
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"MLP {name} must be a positive integer, got {value!r}")
+        if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
+            raise ConfigError(f"num_classes must be a positive integer or None, got {num_classes!r}")
+        self.dim, self.hidden, self.num_classes = dim, hidden, num_classes
+        self.time_embed = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.class_embed = None if num_classes is None else nn.Embedding(num_classes + 1, hidden)
+        self.layers = nn.ModuleList(
+            [nn.Linear(dim, hidden)] + [nn.Linear(hidden, hidden) for _ in range(depth - 1)])
+        # One projection per layer of the shared embedding, computed in a single matmul.
+        self.emb_proj = nn.Linear(hidden, depth * hidden)
+        self.out = zero_init(nn.Linear(hidden, dim))
+
+    def forward(self, x: Tensor, c_noise: Tensor, y: Tensor | None = None) -> Tensor:
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"MLP expected input of shape [B, {self.dim}], got {list(x.shape)}; "
+                             f"check the network's dim against the data")
+        emb = self.time_embed(timestep_embedding(_per_sample(c_noise, x.shape[0]), self.hidden))
+        emb = emb + _class_embedding(self.class_embed, self.num_classes, y, x.shape[0], x.device)
+        h = x
+        for layer, e in zip(self.layers, self.emb_proj(F.silu(emb)).chunk(len(self.layers), dim=1)):
+            h = F.silu(layer(h) + e)
+        return self.out(h)
