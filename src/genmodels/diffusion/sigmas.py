@@ -1,14 +1,48 @@
-"""Sigma grids for samplers: descending VE noise levels ending in 0."""
+"""Sigma grids for samplers: descending VE noise levels ending in 0.
+
+Two families of layout. The timestep spacings (``leading``, ``trailing``, ``linspace``) pick
+training timesteps of the path, as DDIM and Lin et al. 2024 ("Common diffusion noise schedules
+and sample steps are flawed", Table 2) do. The noise-level spacings pick sigmas between the
+path's largest and smallest noise level directly: ``karras`` (Karras et al. 2022, Eq. 5, with
+``rho``) and ``logsnr`` (uniform in log-SNR = -2 log sigma, the DPM-Solver paper's choice).
+"""
 
 import torch
 
+from ..errors import ConfigError
 
-def sigma_grid(path, steps: int, *, spacing: str | None = None) -> torch.Tensor:
-    """The path's ``steps`` sampling times as VE sigmas, with a final 0 (the data), float64.
+SIGMA_SPACINGS = ("karras", "logsnr")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
-    ``spacing`` picks the timestep layout of discrete paths (leading | trailing | linspace);
-    None takes the path's default.
+
+def sigma_grid(path, steps: int, *, spacing: str | None = None, rho: float = 7.0) -> torch.Tensor:
+    """The ``steps`` noise levels a sampler visits, as VE sigmas, with a final 0 (the data), float64.
+
+    ``spacing``: one of TIMESTEP_SPACINGS or SIGMA_SPACINGS; None takes the path's default.
     """
-    kwargs = {} if spacing is None else {"spacing": spacing}
-    t = path.grid(steps, **kwargs)
-    return torch.cat([path.to_sigma(t), t.new_zeros(1)])
+    if spacing in SIGMA_SPACINGS:
+        if steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {steps}")
+        s_max = float(path.to_sigma(torch.tensor(1.0, dtype=torch.float64)))
+        s_min = float(path.to_sigma(torch.tensor(path.t_min, dtype=torch.float64)))
+        sigmas = karras_sigmas(s_max, s_min, steps, rho) if spacing == "karras" else logsnr_sigmas(s_max, s_min, steps)
+    elif spacing is None or spacing in TIMESTEP_SPACINGS:
+        kwargs = {} if spacing is None else {"spacing": spacing}
+        sigmas = path.to_sigma(path.grid(steps, **kwargs))
+    else:
+        raise ConfigError(f"unknown spacing '{spacing}'; allowed: "
+                          + ", ".join(TIMESTEP_SPACINGS + SIGMA_SPACINGS))
+    return torch.cat([sigmas.to(torch.float64), sigmas.new_zeros(1, dtype=torch.float64)])
+
+
+def karras_sigmas(sigma_max: float, sigma_min: float, steps: int, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. 2022, Eq. 5: uniform in sigma^(1/rho), descending from sigma_max to sigma_min."""
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    hi, lo = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    return (hi + ramp * (lo - hi)) ** rho
+
+
+def logsnr_sigmas(sigma_max: float, sigma_min: float, steps: int) -> torch.Tensor:
+    """Uniform in log sigma (so in log-SNR), descending from sigma_max to sigma_min."""
+    return torch.logspace(torch.log10(torch.tensor(sigma_max)).item(), torch.log10(torch.tensor(sigma_min)).item(),
+                          steps, dtype=torch.float64)

@@ -4,11 +4,29 @@ descending VE sigma grid ending in 0 (ARCHITECTURE.md)."""
 import inspect
 
 from ..errors import ConfigError
-from .base import SeededNoise, StepInfo, ancestral_split, sample_loop
-from .ode import sample_euler
-from .sde import sample_ddim, sample_ddpm
+from .base import SeededNoise, StepInfo, ancestral_split, edm_churn, sample_loop, to_d
+from .invert import ddim_invert, round_trip_error
+from .multistep import sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_unipc
+from .ode import sample_euler, sample_heun, sample_rk45
+from .sde import sample_ddim, sample_ddpm, sample_euler_ancestral
 
-SAMPLERS = {"ddim": sample_ddim, "ddpm": sample_ddpm, "euler": sample_euler}
+SAMPLERS = {
+    "ddim": sample_ddim,
+    "ddpm": sample_ddpm,
+    "euler": sample_euler,
+    "euler_ancestral": sample_euler_ancestral,
+    "heun": sample_heun,
+    "dpmpp_2m": sample_dpmpp_2m,
+    "dpmpp_2m_sde": sample_dpmpp_2m_sde,
+    "unipc": sample_unipc,
+    "rk45": sample_rk45,
+}
+
+
+def evaluations(name: str, steps: int) -> int:
+    """Network evaluations a fixed-grid sampler spends on ``steps`` steps (rk45 adapts: it reports
+    its own count in ``stats``)."""
+    return 2 * steps - 1 if name == "heun" else steps
 
 
 def get_sampler(name: str):
@@ -33,5 +51,7 @@ def run_sampler(name, denoiser, x, sigmas, *, noise=None, eta=None, **kwargs):
     return sampler(denoiser, x, sigmas, **kwargs)
 
 
-__all__ = ["SAMPLERS", "SeededNoise", "StepInfo", "ancestral_split", "get_sampler", "run_sampler",
-           "sample_ddim", "sample_ddpm", "sample_euler", "sample_loop"]
+__all__ = ["SAMPLERS", "SeededNoise", "StepInfo", "ancestral_split", "ddim_invert", "edm_churn",
+           "evaluations", "get_sampler", "round_trip_error", "run_sampler", "sample_ddim", "sample_ddpm",
+           "sample_dpmpp_2m", "sample_dpmpp_2m_sde", "sample_euler", "sample_euler_ancestral",
+           "sample_heun", "sample_loop", "sample_rk45", "sample_unipc", "to_d"]

@@ -1,5 +1,7 @@
-"""What every sampler shares: the step loop, per-sample seeded noise, DDIM's noise split."""
+"""What every sampler shares: the step loop, per-sample seeded noise, DDIM's noise split, EDM's
+churn."""
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -17,11 +19,14 @@ class StepInfo:
     denoised: torch.Tensor  # D(x, sigma) before the step
 
 
-def sample_loop(step, denoiser, x, sigmas, *, cond=None, callback=None, progress=False, desc="sampling"):
+def sample_loop(step, denoiser, x, sigmas, *, cond=None, churn=None, callback=None, progress=False,
+                desc="sampling"):
     """Run ``x = step(x, denoised, sigma, sigma_next)`` down a descending ``sigmas`` grid.
 
     ``denoised = denoiser(x, sigma, **cond)`` is evaluated once per step here; a step that needs
-    more evaluations (Heun) closes over the denoiser itself.
+    more evaluations (Heun) closes over the denoiser itself. ``churn(x, sigma) -> (x, sigma_hat)``
+    optionally raises the noise level before the evaluation (EDM's stochastic sampler); the step
+    then runs from sigma_hat.
     """
     cond = cond or {}
     # Kept on the CPU: 0-dim CPU tensors act as scalars on any device, and branching on them
@@ -29,6 +34,8 @@ def sample_loop(step, denoiser, x, sigmas, *, cond=None, callback=None, progress
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
     for i in tqdm(range(len(sigmas) - 1), desc=desc, disable=not progress, leave=False):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        if churn is not None:
+            x, sigma = churn(x, sigma)
         denoised = denoiser(x, sigma, **cond)
         x = step(x, denoised, sigma, sigma_next)
         if callback is not None:
@@ -65,3 +72,25 @@ def ancestral_split(sigma, sigma_next, eta):
     sigma_up = (eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2).sqrt()).clamp(max=sigma_next)
     sigma_down = (sigma_next**2 - sigma_up**2).sqrt()
     return sigma_down, sigma_up
+
+
+def to_d(x, denoised, sigma):
+    """The probability-flow ODE's slope dx/dsigma = (x - D(x, sigma)) / sigma (Karras et al. Eq. 3)."""
+    return (x - denoised) / sigma
+
+
+def edm_churn(noise, *, steps, s_churn=0.0, s_tmin=0.0, s_tmax=math.inf, s_noise=1.0):
+    """EDM Algorithm 2, lines 4-6: inside [s_tmin, s_tmax] raise sigma to sigma (1 + gamma),
+    gamma = min(s_churn / steps, sqrt 2 - 1), adding the matching fresh noise (scaled by
+    s_noise). Returns None when s_churn is 0 (the deterministic sampler)."""
+    if s_churn <= 0:
+        return None
+    gamma = min(s_churn / steps, math.sqrt(2) - 1)
+
+    def churn(x, sigma):
+        if not s_tmin <= float(sigma) <= s_tmax:
+            return x, sigma
+        sigma_hat = sigma * (1 + gamma)
+        return x + noise() * s_noise * (sigma_hat**2 - sigma**2).sqrt(), sigma_hat
+
+    return churn

@@ -29,3 +29,14 @@ def sample_ddpm(denoiser, x, sigmas, *, noise=None, cond=None, callback=None, pr
     on a coarser grid it is the posterior between the visited steps (DDIM with eta = 1)."""
     return sample_ddim(denoiser, x, sigmas, eta=1.0, noise=noise, cond=cond, callback=callback,
                        progress=progress)
+
+
+def sample_euler_ancestral(denoiser, x, sigmas, *, eta=1.0, noise=None, cond=None, callback=None,
+                           progress=False):
+    """k-diffusion's Euler ancestral: an Euler step to sigma_down, then fresh noise of std
+    sigma_up (``ancestral_split``). In VE coordinates x + d (sigma_down - sigma) with
+    d = (x - x0) / sigma is exactly DDIM's x0 + sigma_down eps, so this is DDIM with eta = 1 by
+    default; it is listed under its own name because users of k-diffusion and diffusers look for
+    it there (usually with a Karras grid)."""
+    return sample_ddim(denoiser, x, sigmas, eta=eta, noise=noise, cond=cond, callback=callback,
+                       progress=progress)

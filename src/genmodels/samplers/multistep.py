@@ -1,0 +1,125 @@
+"""Multistep exponential-integrator solvers in log-SNR time: DPM-Solver++ 2M and 2M SDE (Lu et al.
+2022, "DPM-Solver++", Algorithm 2 and its SDE variant) and UniPC (Zhao et al. 2023, B(h) = e^h - 1).
+
+All work in VE coordinates with lambda = -log sigma (the half log-SNR), on the data prediction
+x0 = D(x, sigma). Each reuses the previous steps' x0 estimates, so N steps cost N evaluations.
+The first step has no history (first order) and the last step, to sigma = 0, is x = x0.
+"""
+
+import torch
+
+from .base import sample_loop
+
+
+def _lam(sigma):
+    return -torch.log(sigma)
+
+
+def sample_dpmpp_2m(denoiser, x, sigmas, *, cond=None, callback=None, progress=False):
+    """DPM-Solver++(2M): x' = (s'/s) x - expm1(-h) D', with D' = (1 + 1/2r) x0 - (1/2r) x0_prev,
+    r = h_prev / h."""
+    state = {"denoised": None, "sigma": None}
+
+    def step(x, denoised, sigma, sigma_next):
+        prev, prev_sigma = state["denoised"], state["sigma"]
+        state.update(denoised=denoised, sigma=sigma)
+        if sigma_next == 0:
+            return denoised
+        h = _lam(sigma_next) - _lam(sigma)
+        if prev is not None:
+            r = (_lam(sigma) - _lam(prev_sigma)) / h
+            denoised = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * prev
+        return (sigma_next / sigma) * x - torch.expm1(-h) * denoised
+
+    return sample_loop(step, denoiser, x, sigmas, cond=cond, callback=callback, progress=progress)
+
+
+def sample_dpmpp_2m_sde(denoiser, x, sigmas, *, eta=1.0, noise=None, cond=None, callback=None,
+                        progress=False):
+    """DPM-Solver++(2M) SDE, midpoint form (as k-diffusion and diffusers' sde-dpmsolver++):
+    x' = (s'/s) e^(-eta h) x + (1 - e^(-(1+eta) h)) x0 + 1/2r (1 - e^(-(1+eta) h)) (x0 - x0_prev)
+         + s' sqrt(1 - e^(-2 eta h)) z.
+    eta = 0 is a deterministic 2M variant."""
+    noise = noise or (lambda: torch.randn_like(x))
+    state = {"denoised": None, "sigma": None}
+
+    def step(x, denoised, sigma, sigma_next):
+        prev, prev_sigma = state["denoised"], state["sigma"]
+        state.update(denoised=denoised, sigma=sigma)
+        if sigma_next == 0:
+            return denoised
+        h = _lam(sigma_next) - _lam(sigma)
+        eta_h = eta * h
+        decay = -torch.expm1(-h - eta_h)
+        x = (sigma_next / sigma) * torch.exp(-eta_h) * x + decay * denoised
+        if prev is not None:
+            r = (_lam(sigma) - _lam(prev_sigma)) / h
+            x = x + 0.5 * decay / r * (denoised - prev)
+        if eta:
+            x = x + noise() * sigma_next * (-torch.expm1(-2 * eta_h)).sqrt()
+        return x
+
+    return sample_loop(step, denoiser, x, sigmas, cond=cond, callback=callback, progress=progress)
+
+
+def _unipc_coefficients(h, rks, order):
+    """UniPC's shared algebra for a step of log-SNR length h with previous-point ratios ``rks``:
+    h phi_1 = expm1(-h), B(h) = expm1(-h), the order conditions R rho = b (Zhao et al. Eq. 8)."""
+    hh = -h
+    h_phi_1 = torch.expm1(hh)
+    h_phi_k = h_phi_1 / hh - 1
+    b_h = torch.expm1(hh)
+    rks = torch.stack([*rks, torch.ones((), dtype=torch.float64)])
+    rows, b, factorial = [], [], 1
+    for i in range(1, order + 1):
+        rows.append(rks ** (i - 1))
+        b.append(h_phi_k * factorial / b_h)
+        factorial *= i + 1
+        h_phi_k = h_phi_k / hh - 1 / factorial
+    return h_phi_1, b_h, torch.stack(rows), torch.stack(b)
+
+
+def _unipc_update(x, sigma, sigma_next, m0, older, order, *, corrector_output=None):
+    """One UniP (predictor) or UniC (corrector, given the model output at the new point) update
+    from (x, sigma) to sigma_next; ``older`` = [(sigma_i, x0_i), ...], most recent first."""
+    h = _lam(sigma_next) - _lam(sigma)
+    rks = [(_lam(s_i) - _lam(sigma)) / h for s_i, _ in older[:order - 1]]
+    d1s = [(m_i - m0) / r for (_, m_i), r in zip(older[:order - 1], rks)]
+    h_phi_1, b_h, R, b = _unipc_coefficients(h, rks, order)
+    x_next = (sigma_next / sigma) * x - h_phi_1 * m0
+    if corrector_output is None:  # predictor UniP-p uses the order - 1 previous points
+        if d1s:
+            rhos = torch.tensor([0.5], dtype=torch.float64) if order == 2 else torch.linalg.solve(R[:-1, :-1], b[:-1])
+            x_next = x_next - b_h * sum(rho * d for rho, d in zip(rhos, d1s))
+        return x_next
+    rhos = torch.tensor([0.5], dtype=torch.float64) if order == 1 else torch.linalg.solve(R, b)
+    correction = sum(rho * d for rho, d in zip(rhos[:-1], d1s)) + rhos[-1] * (corrector_output - m0)
+    return x_next - b_h * correction
+
+
+def sample_unipc(denoiser, x, sigmas, *, order=2, corrector=True, lower_order_final=True, cond=None,
+                 callback=None, progress=False):
+    """UniPC-p with B(h) = e^h - 1 (bh2), data prediction: predictor UniP of ``order`` (2 or 3)
+    and, when a new evaluation arrives, the corrector UniC that refines the point it was made at
+    with it (free: it reuses that evaluation). The order ramps up over the first steps and down
+    over the last (``lower_order_final``), as in diffusers' UniPCMultistepScheduler."""
+    if order not in (1, 2, 3):
+        raise ValueError(f"UniPC order must be 1, 2 or 3, got {order}")
+    n_steps = len(sigmas) - 1
+    state = {"history": [], "last": None, "order": 1, "i": 0}
+
+    def step(x, denoised, sigma, sigma_next):
+        history, i = state["history"], state["i"]
+        if corrector and state["last"] is not None:
+            last_x, last_sigma = state["last"]
+            x = _unipc_update(last_x, last_sigma, sigma, history[0][1], history[1:], state["order"],
+                              corrector_output=denoised)
+        history.insert(0, (sigma, denoised))
+        del history[order:]
+        this_order = min(order, n_steps - i if lower_order_final else order, i + 1)
+        state.update(last=(x, sigma), order=this_order, i=i + 1)
+        if sigma_next == 0:
+            return denoised
+        return _unipc_update(x, sigma, sigma_next, denoised, history[1:], this_order)
+
+    return sample_loop(step, denoiser, x, sigmas, cond=cond, callback=callback, progress=progress)
