@@ -21,6 +21,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``train.precision``, None for plain fp32. ``auto`` is bf16 on CUDA
+    and fp32 on the CPU, where bf16 autocast trained 1.5-2.5x slower (docs/BENCHMARKS.md)."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision not in ("fp32", "bf16"):
+        raise ConfigError(f"unknown precision '{precision}'; allowed: auto, fp32, bf16")
+    return torch.bfloat16 if precision == "bf16" else None
+
+
 def network_options(cfg, data_shape, num_classes: int) -> dict:
     """The model options with the data-dependent ones filled in (what config.json records)."""
     options = dict(cfg.model.options)
@@ -54,7 +64,13 @@ def build_diffusion(cfg, options: dict):
     net = build_network(cfg.model.network, **options)
     path = build_path(cfg.diffusion)
     param = get_parameterization(cfg.diffusion.prediction)
-    objective = DiffusionObjective(path, param, cfg.diffusion.min_snr_gamma)
+    label_dropout = cfg.diffusion.label_dropout
+    if label_dropout and options.get("num_classes") is None:
+        raise ConfigError("diffusion.label_dropout needs a class-conditional net: set model.num_classes=auto")
+    if not 0 <= label_dropout < 1:
+        raise ConfigError(f"diffusion.label_dropout must lie in [0, 1), got {label_dropout}")
+    objective = DiffusionObjective(path, param, cfg.diffusion.min_snr_gamma, label_dropout,
+                                   options.get("num_classes"))
     return net, path, param, objective
 
 

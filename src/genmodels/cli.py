@@ -13,6 +13,8 @@ EXAMPLES = {
     "train": "genmodels train mnist-ddpm train.lr=1e-3 --out runs/mnist\n"
              "  genmodels train --resume --out runs/mnist train.images=600000",
     "sample": "genmodels sample runs/mnist --n 64 --sampler ddim --steps 50 --seed 0 --out grid.png\n"
+              "  genmodels sample runs/cond --class 7 --guidance 3.0 --sampler dpmpp_2m --steps 10\n"
+              "  genmodels sample runs/cond --class all --guidance 3 --out classes.png  (a row per class)\n"
               "  genmodels sample runs/mnist --n 5000 --out samples.npz   (uint8 [N,H,W,C])\n"
               "  genmodels sample runs/mnist --n 16 --out pngs/           (one PNG per sample)",
     "show": "genmodels data show mnist --out mnist.png\n  genmodels data show 8gaussians --out toy.png",
@@ -68,7 +70,7 @@ def train(config, overrides, out, resume, device):
 
 
 # ---- sample ---------------------------------------------------------------------------
-def write_samples(x, out: str) -> str:
+def write_samples(x, out: str, *, nrow=None) -> str:
     """Save samples by the form of ``out``: .png grid, .npz (uint8 NHWC) or a directory/."""
     from .images import save_grid, save_images, save_npz, scatter_plot
 
@@ -84,33 +86,76 @@ def write_samples(x, out: str) -> str:
         if x.ndim == 2:
             scatter_plot(x, out)
         else:
-            save_grid(x, out, scale=2)
+            save_grid(x, out, nrow=nrow, scale=2)
         return f"grid of {len(x)} samples in {out}"
     raise GenmodelsError(f"--out '{out}' must end in .png (grid), .npz (uint8 array) or / (one PNG each)")
+
+
+def parse_interval(text):
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not LO,HI (two noise levels, e.g. 0.3,5)") from None
+    return (min(lo, hi), max(lo, hi))
+
+
+def parse_classes(text, n, per_class, pipe):
+    """--class K -> n labels K; --class all -> per_class labels of every class, class-major."""
+    if text is None:
+        return None, n, None
+    num_classes = pipe.net_num_classes
+    if num_classes is None:
+        raise GenmodelsError(f"'{pipe.run_dir}' is not class-conditional (model.num_classes is unset); drop --class")
+    if text == "all":
+        return [k for k in range(num_classes) for _ in range(per_class)], num_classes * per_class, per_class
+    names = list(pipe.class_names)
+    if text in names and not text.isdigit():
+        return [names.index(text)] * n, n, None
+    try:
+        return [int(text)] * n, n, None
+    except ValueError:
+        raise GenmodelsError(f"--class '{text}' is not a class index, a class name or 'all'") from None
 
 
 @cli.command(help=_help("sample", "Sample from a trained run (EMA weights)."))
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--n", default=64, show_default=True, help="Number of samples.")
-@click.option("--sampler", default="ddim", show_default=True, help="ddim | ddpm | euler.")
-@click.option("--steps", default=50, show_default=True, help="Sampling steps (network evaluations).")
-@click.option("--eta", default=None, type=float, help="DDIM noise: 0 deterministic, 1 = DDPM.")
-@click.option("--spacing", default=None, help="Timestep spacing: leading | trailing | linspace.")
+@click.option("--sampler", default="ddim", show_default=True,
+              help="ddim | ddpm | euler | euler_ancestral | heun | dpmpp_2m | dpmpp_2m_sde | unipc | rk45.")
+@click.option("--steps", default=50, show_default=True,
+              help="Sampling steps (network evaluations; heun uses 2 per step but the last).")
+@click.option("--eta", default=None, type=float, help="Ancestral noise (ddim, euler_ancestral, dpmpp_2m_sde).")
+@click.option("--spacing", default=None,
+              help="Noise grid: leading | trailing | linspace (timesteps) | karras | logsnr.")
+@click.option("--class", "class_", default=None, help="Class index or name, or 'all' (a row per class).")
+@click.option("--per-class", default=8, show_default=True, help="Samples per class with --class all.")
+@click.option("--guidance", default=1.0, show_default=True,
+              help="Classifier-free guidance scale w (1 conditional, 0 unconditional).")
+@click.option("--guidance-interval", default=None, help="LO,HI: guide only for sigma in [LO, HI].")
+@click.option("--threshold", default=None, type=float, help="Dynamic thresholding percentile, e.g. 0.995.")
+@click.option("--churn", default=None, type=float, help="EDM s_churn for euler and heun.")
+@click.option("--order", default=None, type=int, help="UniPC order (1-3).")
 @click.option("--seed", default=0, show_default=True, help="Sample i uses seed + i.")
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--out", "out", default="samples.png", show_default=True,
               help="grid.png, samples.npz or a directory/ for one PNG per sample.")
-def sample(run_dir, n, sampler, steps, eta, spacing, seed, batch_size, weights, device, out):
+def sample(run_dir, n, sampler, steps, eta, spacing, class_, per_class, guidance, guidance_interval,
+           threshold, churn, order, seed, batch_size, weights, device, out):
     from .pipeline import load
 
     pipe = load(run_dir, device=device, weights=weights)
+    labels, n, nrow = parse_classes(class_, n, per_class, pipe)
+    options = {k: v for k, v in (("s_churn", churn), ("order", order)) if v is not None}
     t0 = time.perf_counter()
-    x = pipe.sample(n, seed=seed, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
-                    batch_size=batch_size)
+    x = pipe.sample(n, seed=seed, sampler=sampler, steps=steps, eta=eta, spacing=spacing, labels=labels,
+                    guidance=guidance, guidance_interval=parse_interval(guidance_interval),
+                    dynamic_threshold=threshold, batch_size=batch_size, **options)
     dt = time.perf_counter() - t0
-    click.echo(f"{write_samples(x, out)} ({dt:.1f} s, {1000 * dt / n:.1f} ms per sample)")
+    click.echo(f"{write_samples(x, out, nrow=nrow)} ({dt:.1f} s, {1000 * dt / n:.1f} ms per sample)")
 
 
 # ---- data -----------------------------------------------------------------------------

@@ -45,11 +45,13 @@ class DiffusionConfig:
     beta_max: float = 20.0
     prediction: str = "eps"  # what the network predicts: eps | x0 | v
     min_snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (Hang et al. 2023); None = plain MSE
+    label_dropout: float = 0.0  # class-conditional nets: P(label -> null class), for classifier-free guidance
 
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 64
+    batch_size: int = 64  # the global batch: images per optimizer step over all processes
+    grad_accum: int = 1  # micro-batches per step and process (batch_size / (processes x grad_accum) each)
     lr: float = 2e-4
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
@@ -63,6 +65,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     channels_last: bool = True
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on the CPU, where bf16 measured slower) | fp32 | bf16
     log_every_images: int = 3200
     sample_every_images: int = 50_000
     checkpoint_every_images: int = 50_000
@@ -96,9 +99,10 @@ CHOICES = {
     "diffusion.schedule": ("linear", "cosine"),
     "diffusion.prediction": ("eps", "x0", "v"),
     "train.device": ("auto", "cpu", "cuda"),
+    "train.precision": ("auto", "fp32", "bf16"),
 }
 POSITIVE = {
-    "diffusion.timesteps", "train.batch_size", "train.lr", "train.images",
+    "diffusion.timesteps", "train.batch_size", "train.grad_accum", "train.lr", "train.images",
     "train.log_every_images", "train.sample_every_images", "train.checkpoint_every_images",
     "sample.steps", "sample.n", "data.n_points",
 }

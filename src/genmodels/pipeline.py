@@ -14,14 +14,18 @@ from . import build
 from .config import from_dict
 from .diffusion import sigma_grid
 from .errors import CheckpointError, ConfigError
+from .guidance import CFGDenoiser, DynamicThresholding
 from .samplers import SeededNoise, run_sampler
 from .train.checkpoint import load_weights
 
 
 @torch.inference_mode()
 def generate(denoiser, path, *, shape, seeds, sampler="ddim", steps=50, eta=None, spacing=None,
-             labels=None, batch_size=64, device="cpu", progress=False) -> torch.Tensor:
+             labels=None, batch_size=64, device="cpu", progress=False, options=None) -> torch.Tensor:
     """Draw one sample per seed; sample i depends only on seeds[i] (and labels[i]).
+
+    ``options`` go to the sampler (e.g. ``s_churn`` for heun, ``order`` for unipc, ``rtol`` for
+    rk45).
 
     Starts from x_1 ~ N(0, 1) at the path's first grid time, in VE coordinates x = x_1 / alpha.
     Returns float32 on the CPU, shape [len(seeds), *shape].
@@ -35,7 +39,8 @@ def generate(denoiser, path, *, shape, seeds, sampler="ddim", steps=50, eta=None
         cond = {}
         if labels is not None:
             cond["y"] = torch.as_tensor(labels[start:start + batch_size], device=device, dtype=torch.long)
-        x = run_sampler(sampler, denoiser, x, sigmas, noise=noise, eta=eta, cond=cond, progress=progress)
+        x = run_sampler(sampler, denoiser, x, sigmas, noise=noise, eta=eta, cond=cond, progress=progress,
+                        **(options or {}))
         out.append(x.float().cpu())
     return torch.cat(out)
 
@@ -58,17 +63,38 @@ class Pipeline:
         return build.make_denoiser(self.net, self.path, self.param)
 
     def sample(self, n=64, *, seed=0, sampler="ddim", steps=50, eta=None, spacing=None,
-               labels=None, batch_size=64, progress=True) -> torch.Tensor:
-        """``n`` samples; sample i uses seed ``seed + i``. Images are clamped to [-1, 1]."""
+               labels=None, guidance=1.0, guidance_interval=None, dynamic_threshold=None,
+               batch_size=64, progress=True, **options) -> torch.Tensor:
+        """``n`` samples; sample i uses seed ``seed + i``. Images are clamped to [-1, 1].
+
+        ``labels``: one class index for all, or one per sample (class-conditional runs).
+        ``guidance``: classifier-free guidance scale w (1 = conditional, 0 = unconditional),
+        ``guidance_interval=(sigma_lo, sigma_hi)`` limits it to those noise levels.
+        ``dynamic_threshold``: Imagen's percentile (e.g. 0.995) for clipping x0.
+        Other keywords go to the sampler (``s_churn``, ``order``, ``rtol``, ...).
+        """
         if n < 1:
             raise ConfigError(f"n must be >= 1, got {n}")
         if labels is not None:
             labels = list(labels) if not isinstance(labels, int) else [labels] * n
             if self.net_num_classes is None:
                 raise ConfigError("this model is not class-conditional; drop the class labels")
-        x = generate(self.denoiser, self.path, shape=self.data_shape, seeds=range(seed, seed + n),
+            bad = [y for y in labels if not 0 <= int(y) < self.net_num_classes]
+            if bad:
+                raise ConfigError(f"class {bad[0]} is out of range: this model has classes "
+                                  f"0..{self.net_num_classes - 1}")
+            if len(labels) != n:
+                raise ConfigError(f"got {len(labels)} labels for {n} samples")
+        elif guidance != 1.0:
+            raise ConfigError("guidance needs class labels: pass labels (CLI: --class K or --class all)")
+        denoiser = self.denoiser
+        if guidance != 1.0:
+            denoiser = CFGDenoiser(denoiser, guidance, self.net_num_classes, interval=guidance_interval)
+        if dynamic_threshold is not None:
+            denoiser = DynamicThresholding(denoiser, dynamic_threshold)
+        x = generate(denoiser, self.path, shape=self.data_shape, seeds=range(seed, seed + n),
                      sampler=sampler, steps=steps, eta=eta, spacing=spacing, labels=labels,
-                     batch_size=batch_size, device=self.device, progress=progress)
+                     batch_size=batch_size, device=self.device, progress=progress, options=options)
         return x.clamp(-1, 1) if len(self.data_shape) == 3 else x
 
     @property

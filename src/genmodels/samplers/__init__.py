@@ -48,6 +48,11 @@ def run_sampler(name, denoiser, x, sigmas, *, noise=None, eta=None, **kwargs):
         elif eta != 0:
             raise ConfigError(f"sampler '{name}' takes no eta; eta is for: "
                               + ", ".join(n for n, f in SAMPLERS.items() if "eta" in inspect.signature(f).parameters))
+    unknown = [k for k in kwargs if k not in params]
+    if unknown:
+        raise ConfigError(f"sampler '{name}' takes no option '{unknown[0]}'; its options: "
+                          + ", ".join(p for p in params if p not in ("denoiser", "x", "sigmas", "noise", "cond",
+                                                                        "callback", "progress")))
     return sampler(denoiser, x, sigmas, **kwargs)
 
 
