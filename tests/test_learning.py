@@ -30,3 +30,32 @@ def test_ddpm_fits_eight_gaussians(tmp_path):
     assert near > 0.7, near
     # and the samples are spread like the data, not collapsed onto a few points
     assert 0.8 < x.std(0).mean().item() / dist.sample(20000, generator=torch.Generator().manual_seed(0)).std(0).mean().item() < 1.2
+
+
+def test_classifier_free_guidance_steers_a_class_conditional_model(tmp_path):
+    """mnist-cfg's recipe on the 8x8 digits (trains in ~15 s): a classifier fitted here (logistic
+    regression, ~97 % on held-out digits) must read the requested class from guided samples.
+    Measured: 13 % at w = 0 (chance: the unconditional model), 83 % at w = 1, 100 % at w = 3."""
+    from sklearn.linear_model import LogisticRegression
+
+    from genmodels.data import load_dataset
+
+    cfg = load_config("mnist-cfg", [
+        "data.name=digits", "train.images=15000", "train.minutes=null", "train.device=cpu",
+        "model.channel_mult=[1,2]", "model.attn_resolutions=[]", "train.warmup_images=1000",
+        "train.ema_halflife_images=2000", "train.sample_every_images=10000000",
+        "train.checkpoint_every_images=10000000"])
+    train(cfg, tmp_path / "run")
+    digits = load_dataset("digits", split="train")
+    judge = LogisticRegression(max_iter=2000).fit(digits.x.flatten(1).numpy(), digits.y.numpy())
+    pipe = genmodels.load(tmp_path / "run", device="cpu")
+    labels = torch.arange(10).repeat_interleave(20)
+
+    def accuracy(w):
+        x = pipe.sample(200, seed=0, sampler="dpmpp_2m", steps=10, labels=labels.tolist(), guidance=w,
+                        progress=False)
+        return (torch.from_numpy(judge.predict(x.flatten(1).numpy())) == labels).double().mean().item()
+
+    unguided, conditional, guided = accuracy(0.0), accuracy(1.0), accuracy(3.0)
+    assert guided >= 0.9, (unguided, conditional, guided)
+    assert guided >= conditional and unguided < 0.35, (unguided, conditional, guided)
