@@ -113,7 +113,7 @@ def make_trainer(tmp_path, loss, **cfg_overrides):
     net = Counter()
     return Trainer(run_dir=tmp_path, cfg=cfg, modules={"net": net},
                    phases=[Phase("p", net, lambda b, g: loss(net), torch.optim.SGD(net.parameters(), lr=0.01))],
-                   emas={"net": EMA(net, halflife_images=100)}, batches=Batches(), device="cpu")
+                   emas={"net": EMA(net, halflife_images=100)}, batches=[Batches()], device="cpu")
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

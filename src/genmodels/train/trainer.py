@@ -3,8 +3,12 @@ checkpoints that resume exactly, progress, previews and a metrics log.
 
 A family hands the trainer its modules and one ``Phase`` per optimizer (diffusion: one; a GAN:
 the discriminator step then the generator step). The trainer reduces the per-sample losses.
+
+Under torchrun every rank runs this same loop on its own shards (``distributed.py``); ranks talk
+only in DDP's gradient all-reduce, at log rows and at checkpoints, and rank 0 alone writes.
 """
 
+import contextlib
 import json
 import math
 import signal
@@ -18,9 +22,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import GenmodelsError, TrainingDiverged
+from ..data import derive_seed
+from ..errors import CheckpointError, GenmodelsError, TrainingDiverged
 from . import checkpoint
+from .distributed import Dist
 from .ema import EMA
+
+NOISE_STREAM = 1  # derive_seed(seed, NOISE_STREAM, shard): unrelated to the data order's (seed, epoch)
 
 
 class Interrupted(GenmodelsError):
@@ -50,22 +58,34 @@ class Progress:
 class Trainer:
     """Train ``phases`` on ``batches`` until ``cfg.images`` or ``cfg.minutes``.
 
-    ``modules`` are saved to model.safetensors, ``emas`` to ema.safetensors; ``preview(path)``
-    draws a sample grid from the EMA weights every ``cfg.sample_every_images``.
+    ``batches`` holds one iterator per micro-batch of a step (``cfg.grad_accum`` of them), fed
+    from the data shards ``shards``; each shard also has its own noise generator, seeded from
+    ``generator_seed`` and the shard index. ``modules`` are saved to model.safetensors, ``emas``
+    to ema.safetensors; ``preview(path)`` draws a sample grid from the EMA weights every
+    ``cfg.sample_every_images``. ``cfg.batch_size`` is the global batch: images per step.
     """
 
-    def __init__(self, *, run_dir, cfg, modules: dict, phases: list, emas: dict, batches,
-                 device, preview=None, generator_seed=0, images_per_step=None):
+    def __init__(self, *, run_dir, cfg, modules: dict, phases: list, emas: dict, batches: list,
+                 device, preview=None, generator_seed=0, images_per_step=None, dist=Dist(),
+                 shards=None):
         self.run_dir, self.cfg = Path(run_dir), cfg
-        self.modules, self.phases, self.emas, self.batches = modules, phases, emas, batches
-        self.device, self.preview = torch.device(device), preview
-        self.generator = torch.Generator(self.device).manual_seed(generator_seed)
+        self.modules, self.phases, self.emas, self.batches = modules, phases, emas, list(batches)
+        self.device, self.preview, self.dist = torch.device(device), preview, dist
+        self.shards = list(range(len(self.batches)) if shards is None else shards)
+        self.num_shards = dist.world_size * len(self.batches)
+        self.generators = [torch.Generator(self.device).manual_seed(derive_seed(generator_seed, NOISE_STREAM, s))
+                           for s in self.shards]
         self.images_per_step = images_per_step or cfg.batch_size
         self.progress = Progress()
         self._stop_requested = False
 
     # ---- checkpoints -------------------------------------------------------------------
     def save(self) -> None:
+        """Every rank calls this (the random states are gathered); rank 0 alone writes."""
+        rngs = self.dist.all_gather_objects(
+            {"torch": torch.get_rng_state(), "generators": [g.get_state() for g in self.generators]})
+        if not self.dist.is_main:
+            return
         checkpoint.save_weights(self.modules, self.run_dir / "model.safetensors")
         checkpoint.save_weights({k: e.module for k, e in self.emas.items()}, self.run_dir / "ema.safetensors")
         state = {
@@ -73,21 +93,32 @@ class Trainer:
             "images_seen": self.progress.images_seen,
             "last": dict(self.progress.last),
             "optimizers": {p.name: p.optimizer.state_dict() for p in self.phases},
-            "batches": self.batches.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()},
+            "batches": self.batches[0].state_dict(),  # all shards move in lockstep
+            # per rank, and per shard in shard order (ranks hold consecutive shards)
+            "rng": {"torch": [r["torch"] for r in rngs], "generators": [g for r in rngs for g in r["generators"]]},
         }
         # state.pt is renamed last: its step always matches weights that are already on disk.
         checkpoint.save_state(state, self.run_dir / "state.pt")
 
     def load(self) -> None:
         state = checkpoint.load_state(self.run_dir / "state.pt")
+        rng = state["rng"]
+        if len(rng["generators"]) != self.num_shards:
+            raise CheckpointError(
+                f"the run in {self.run_dir} was trained on {len(rng['generators'])} shard(s) (processes x "
+                f"train.grad_accum) and would resume on {self.num_shards}; keep that product, e.g. "
+                f"train.grad_accum={len(rng['generators'])} on one process")
         checkpoint.load_weights(self.modules, self.run_dir / "model.safetensors")
         checkpoint.load_weights({k: e.module for k, e in self.emas.items()}, self.run_dir / "ema.safetensors")
         for p in self.phases:
             p.optimizer.load_state_dict(state["optimizers"][p.name])
-        self.batches.load_state_dict(state["batches"])
-        torch.set_rng_state(state["rng"]["torch"])
-        self.generator.set_state(state["rng"]["generator"])
+        for batches in self.batches:
+            batches.load_state_dict(state["batches"])
+        for generator, shard in zip(self.generators, self.shards):
+            generator.set_state(rng["generators"][shard])
+        # The global RNG only drives dropout; it is restored when the world size is unchanged.
+        if len(rng["torch"]) == self.dist.world_size:
+            torch.set_rng_state(rng["torch"][self.dist.rank])
         self.progress = Progress(state["step"], state["images_seen"], dict(state["last"]))
 
     # ---- the loop ----------------------------------------------------------------------
@@ -96,21 +127,32 @@ class Trainer:
         warmup = self.cfg.warmup_images
         return self.cfg.lr * (min(1.0, (images_seen + 1) / warmup) if warmup else 1.0)
 
-    def train_step(self, batch) -> torch.Tensor:
-        """All phases once on ``batch``; returns the first phase's mean loss (not synced)."""
+    def step(self) -> torch.Tensor:
+        """Fetch this rank's micro-batches and train on them; returns the mean loss (not synced)."""
+        return self.train_step([next(batches) for batches in self.batches])
+
+    def train_step(self, micro_batches: list) -> torch.Tensor:
+        """All phases once on ``micro_batches`` (one per shard of this rank), accumulating their
+        gradients; returns the first phase's mean loss (not synced). DDP averages the
+        gradients over ranks in the backward pass of the last micro-batch."""
         lr = self.lr_at(self.progress.images_seen)
+        n = len(micro_batches)
         losses = []
         for phase in self.phases:
-            loss, _ = phase.loss(batch, self.generator)
-            loss = loss.mean()
             phase.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            total = 0.0
+            for i, (batch, generator) in enumerate(zip(micro_batches, self.generators, strict=True)):
+                with _skip_grad_sync(phase.module, i < n - 1):
+                    loss, _ = phase.loss(batch, generator)
+                    loss = loss.mean()
+                    (loss / n).backward()  # the step's gradient: the mean over all micro-batches
+                total = total + loss.detach()
             if phase.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(phase.module.parameters(), phase.grad_clip)
             for group in phase.optimizer.param_groups:
                 group["lr"] = lr
             phase.optimizer.step()
-            losses.append(loss.detach())
+            losses.append(total / n)
         self.progress.step += 1
         self.progress.images_seen += self.images_per_step
         for name, ema in self.emas.items():
@@ -124,21 +166,33 @@ class Trainer:
     def _mark(self, what: str) -> None:
         self.progress.last[what] = self.progress.images_seen
 
-    def _log_interval(self, loss_sum, loss_count, start, start_images, bar) -> None:
-        """Append the mean loss since the last row to metrics.jsonl and show it on the bar."""
+    def _log_interval(self, loss_sum, loss_count, start, start_images, bar, wants_stop=False) -> bool:
+        """Append the mean loss since the last row (over all ranks) to metrics.jsonl and show it
+        on the bar; returns whether any rank asked to stop (time budget or Ctrl-C)."""
         self._mark("log")
-        loss = self._check_finite(loss_sum, loss_count)
+        loss, stop = self._mean_loss(loss_sum, loss_count, wants_stop)
         elapsed = time.monotonic() - start
         img_s = (self.progress.images_seen - start_images) / max(elapsed, 1e-9)
         row = {"step": self.progress.step, "images": self.progress.images_seen, "loss": loss,
                "lr": self.lr_at(self.progress.images_seen), "img_per_s": round(img_s, 2),
                "elapsed_s": round(elapsed, 2)}
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        if self.dist.is_main:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
         bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{img_s:.0f}")
+        return stop
 
-    def _check_finite(self, loss_sum: torch.Tensor, count: int) -> float:
-        value = loss_sum.item() / max(count, 1)
+    def _mean_loss(self, loss_sum: torch.Tensor, count: int, wants_stop=False) -> tuple[float, bool]:
+        """Mean loss over all ranks and whether any rank wants to stop, in one all-reduce (the
+        loop's only host sync, at log rows and checkpoints); raises on a NaN/inf loss."""
+        flags = [float(count), float(self._stop_requested), float(wants_stop)]
+        packed = self.dist.all_reduce_sum(torch.cat([loss_sum.reshape(1).float(), loss_sum.new_tensor(flags)]))
+        total, count, interrupted, stop = packed.tolist()
+        self._stop_requested = interrupted > 0  # a Ctrl-C on any rank stops them all
+        value = self._check_finite(total / max(count, 1))
+        return value, stop > 0 or interrupted > 0
+
+    def _check_finite(self, value: float) -> float:
         if not math.isfinite(value):
             saved = self.progress.last.get("checkpoint")
             kept = (f"the last good checkpoint (at {saved:,} images) is kept in {self.run_dir}"
@@ -149,32 +203,37 @@ class Trainer:
         return value
 
     def fit(self) -> Progress:
-        cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        cfg, dist = self.cfg, self.dist
+        if dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         for m in self.modules.values():
             m.train()
         deadline = time.monotonic() + 60 * cfg.minutes if cfg.minutes else math.inf
         bar = tqdm(total=cfg.images, initial=self.progress.images_seen, unit="img", unit_scale=True,
-                   desc="training", dynamic_ncols=True, mininterval=1.0)
+                   desc="training", dynamic_ncols=True, mininterval=1.0, disable=not dist.is_main)
         restore = self._install_sigint()
         loss_sum, loss_count = torch.zeros((), device=self.device), 0
         start, start_images = time.monotonic(), self.progress.images_seen
         try:
-            while self.progress.images_seen < cfg.images and time.monotonic() < deadline:
-                loss_sum += self.train_step(next(self.batches))
+            while self.progress.images_seen < cfg.images:
+                loss_sum += self.step()
                 loss_count += 1
                 bar.update(self.images_per_step)
-                if self._due("log", cfg.log_every_images):
-                    self._log_interval(loss_sum, loss_count, start, start_images, bar)
+                # A single process stops at once; ranks agree on stopping at the next log row.
+                wants_stop = self._stop_requested or time.monotonic() >= deadline
+                stop = False
+                if self._due("log", cfg.log_every_images) or (wants_stop and not dist.enabled):
+                    stop = self._log_interval(loss_sum, loss_count, start, start_images, bar, wants_stop)
                     loss_sum, loss_count = torch.zeros((), device=self.device), 0
                 if self.preview is not None and self._due("preview", cfg.sample_every_images):
                     self._mark("preview")
-                    self.preview(self.run_dir / "samples" / f"{self.progress.images_seen:09d}.png")
+                    if dist.is_main:
+                        self.preview(self.run_dir / "samples" / f"{self.progress.images_seen:09d}.png")
                 if self._due("checkpoint", cfg.checkpoint_every_images):
-                    self._check_finite(loss_sum, loss_count)
+                    self._mean_loss(loss_sum, loss_count)  # never checkpoint a diverged run
                     self._mark("checkpoint")
                     self.save()
-                if self._stop_requested:
+                if stop:
                     break
             if loss_count:  # the last, partial interval
                 self._log_interval(loss_sum, loss_count, start, start_images, bar)
@@ -200,3 +259,8 @@ class Trainer:
 
         previous = signal.signal(signal.SIGINT, handler)
         return lambda: signal.signal(signal.SIGINT, previous)
+
+
+def _skip_grad_sync(module: nn.Module, skip: bool):
+    """DDP's ``no_sync`` for the micro-batches before the last: their gradients only accumulate."""
+    return module.no_sync() if skip and hasattr(module, "no_sync") else contextlib.nullcontext()
