@@ -1,0 +1,322 @@
+"""The evaluation protocol: one pinned way to score samples, shared by every family.
+
+- images are compared in a feature network's features (``features.py``) against the dataset's
+  reference split (``REFERENCE_SPLITS``; Fashion-MNIST test 10k, all 5,000 MNIST images since
+  the set is small, all 1,797 digits), whose features are cached per feature network;
+- a run is sampled ``n`` times per seed, sample i of seed s using seed s * 1,000,000 + i
+  (EMA weights, the run's own sampler settings unless overridden), class-conditional runs asking
+  for classes i mod K, and every metric is reported as mean +- std over seeds;
+- likelihoods are measured on the held-out split: the DDPM bound for discrete DDPM paths, the
+  probability-flow ODE on dequantized data for continuous paths (``likelihood.py``).
+
+    result = evaluate_run("runs/mnist", metrics=["fd_cnn", "kid"], n=1000, seeds=[0, 1])
+    scores = compare_images(real, fake, features="mnist")       # {"fd_cnn": ..., "kid": ...}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..data import TOY_DISTRIBUTIONS, load_dataset
+from ..errors import ConfigError, DataError
+from ..train.checkpoint import atomic_write
+from .classifier import cache_dir
+from .classify import classifier_score, conditional_accuracy
+from .features import FeatureNet, feature_net, feature_net_id
+from .frechet import fd
+from .kid import kid
+from .likelihood import bits_per_dim, ddpm_vlb, dequantize, ode_log_likelihood
+from .prdc import prdc
+from .toy import log_density, mmd_rbf, mode_coverage, wasserstein
+
+__all__ = ["REFERENCE_SPLITS", "IMAGE_METRICS", "TOY_METRICS", "SEED_STRIDE", "reference_features",
+           "image_scores", "compare_images", "toy_scores", "evaluate_run", "EvalResult",
+           "parse_metrics", "format_table"]
+
+REFERENCE_SPLITS = {"mnist": "all", "fashion": "test", "digits": "all"}
+SEED_STRIDE = 1_000_000  # sample i of evaluation seed s uses seed s * SEED_STRIDE + i
+IMAGE_METRICS = ("fd_cnn", "kid", "prdc", "cs", "cacc", "nll")
+TOY_METRICS = ("w1", "w2", "mmd", "modes", "loglik", "nll")
+DEFAULT_IMAGE_METRICS = ("fd_cnn", "kid", "prdc", "cs")
+PRDC_K = 5
+
+
+def parse_metrics(text_or_list, *, kind: str) -> tuple[str, ...]:
+    """"fd_cnn,kid" -> ("fd_cnn", "kid"), checked against the metrics of ``kind`` (image|points)."""
+    names = text_or_list.split(",") if isinstance(text_or_list, str) else list(text_or_list)
+    names = tuple(n.strip() for n in names if n.strip())
+    allowed = IMAGE_METRICS if kind == "image" else TOY_METRICS
+    aliases = {"fd": "fd_cnn", "fid": "fd_cnn"} if kind == "image" else {}
+    names = tuple(aliases.get(n, n) for n in names)
+    unknown = [n for n in names if n not in allowed]
+    if unknown or not names:
+        raise ConfigError(f"unknown metric(s) {', '.join(unknown) or '(none given)'} for "
+                          f"{'images' if kind == 'image' else '2-D points'}; choose from {', '.join(allowed)}")
+    return names
+
+
+# ---- reference features ---------------------------------------------------------------------
+def reference_features(dataset: str, net: FeatureNet, *, split=None, progress=True) -> torch.Tensor:
+    """Features [N, D] of ``dataset``'s reference split, cached per exact feature network."""
+    split = split or REFERENCE_SPLITS.get(dataset)
+    if split is None:
+        raise DataError(f"no reference split for dataset {dataset!r}; pass the real images "
+                        "(genmodels eval --real DIR_OR_NPZ --fake ...)")
+    path = cache_dir() / "features" / f"ref-{dataset}-{split}-{feature_net_id(net)}.safetensors"
+    if path.is_file():
+        return load_file(str(path))["features"].double()
+    real = load_dataset(dataset, split=split)
+    features = net.features(real.x, progress=progress)
+    try:
+        atomic_write(path, lambda tmp: save_file({"features": features.float().contiguous()}, tmp))
+    except OSError:
+        pass  # an unwritable cache only costs recomputing
+    return features
+
+
+# ---- scores over features -------------------------------------------------------------------
+def image_scores(real_features, fake_features, *, metrics, fake_logits=None, labels=None,
+                 fd_name="fd_cnn", kid_subsets=100, kid_subset_size=1000, seed=0,
+                 timings=None) -> dict:
+    """The image metrics in ``metrics`` over features (and classifier logits): a flat dict."""
+    out = {}
+    timings = {} if timings is None else timings
+
+    def timed(name, fn):
+        start = time.perf_counter()
+        value = fn()
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+        return value
+
+    if "fd_cnn" in metrics:
+        out[fd_name] = timed("fd", lambda: fd(real_features, fake_features))
+    if "kid" in metrics:
+        k = timed("kid", lambda: kid(real_features, fake_features, subsets=kid_subsets,
+                                     subset_size=kid_subset_size, seed=seed))
+        out.update(kid=k.mean, kid_std=k.std)
+    if "prdc" in metrics:
+        p = timed("prdc", lambda: prdc(real_features, fake_features, k=PRDC_K))
+        out.update(precision=p.precision, recall=p.recall, density=p.density, coverage=p.coverage)
+    if "cs" in metrics:
+        if fake_logits is None:
+            raise DataError("the classifier score needs a classifier feature network (mnist, fashion, digits)")
+        c = timed("cs", lambda: classifier_score(fake_logits, splits=min(10, len(fake_logits))))
+        out.update(cs=c.mean, cs_std=c.std)
+    if "cacc" in metrics:
+        if fake_logits is None or labels is None:
+            raise DataError("conditional accuracy needs a class-conditional model and a classifier "
+                            "feature network (mnist, fashion, digits)")
+        out["cacc"] = timed("cacc", lambda: conditional_accuracy(fake_logits, labels))
+    return out
+
+
+def compare_images(real, fake, *, features="mnist", metrics=DEFAULT_IMAGE_METRICS, labels=None,
+                   progress=True, **options) -> dict:
+    """Scores of image tensors ``fake`` against ``real`` ([N, C, H, W] in [-1, 1]) in the
+    features of ``features`` (a dataset name, a file, or a FeatureNet); plus "features": its name."""
+    net = features if isinstance(features, FeatureNet) else feature_net(features, progress=progress)
+    metrics = parse_metrics(metrics, kind="image")
+    if "nll" in metrics:
+        raise ConfigError("nll needs a model, not a set of images; evaluate a run directory")
+    real_f = net.features(real, progress=progress)
+    fake_f, fake_logits = net.features_and_logits(fake, progress=progress)
+    scores = image_scores(real_f, fake_f, metrics=metrics, fake_logits=fake_logits, labels=labels,
+                          fd_name=f"fd_{net.tag}", **options)
+    return {**scores, "features": net.name, "n_real": len(real), "n_fake": len(fake)}
+
+
+def toy_scores(dist, reference, samples, *, metrics) -> dict:
+    """The 2-D metrics in ``metrics`` of ``samples`` [M, 2] against ``reference`` [N, 2] drawn
+    from toy distribution ``dist`` (whose density and modes are used where it has them)."""
+    out = {}
+    if "w1" in metrics:
+        out["w1"] = wasserstein(reference, samples, p=1)
+    if "w2" in metrics:
+        out["w2"] = wasserstein(reference, samples, p=2)
+    if "mmd" in metrics:
+        out["mmd"] = mmd_rbf(reference, samples)
+    if "modes" in metrics and dist.modes is not None:
+        m = mode_coverage(samples, dist.modes, dist.mode_std)
+        out.update(modes_covered=m.covered, modes=m.modes, high_quality=m.high_quality)
+    if "loglik" in metrics and dist.log_prob is not None:
+        ld = log_density(dist, samples)
+        out.update(loglik=ld.mean, in_support=ld.in_support,
+                   loglik_data=log_density(dist, reference).mean)  # the ceiling: real points
+    return out
+
+
+# ---- whole runs -----------------------------------------------------------------------------
+@dataclass
+class EvalResult:
+    """Per-seed scores and their mean and std; ``protocol`` records every setting used."""
+
+    per_seed: list
+    mean: dict
+    std: dict
+    protocol: dict
+    timings: dict = field(default_factory=dict)
+
+    def as_json(self) -> dict:
+        """One object, metrics at the top level (means), then "std", "per_seed" and the settings."""
+        return {**self.mean, "std": self.std, "per_seed": self.per_seed, **self.protocol,
+                "seconds": {k: round(v, 3) for k, v in self.timings.items()}}
+
+
+def summarize(per_seed: list[dict]) -> tuple[dict, dict]:
+    keys = [k for k in per_seed[0] if isinstance(per_seed[0][k], (int, float))]
+    mean, std = {}, {}
+    for k in keys:
+        values = torch.tensor([float(row[k]) for row in per_seed], dtype=torch.float64)
+        mean[k] = values.mean().item()
+        std[k] = values.std().item() if len(values) > 1 else 0.0
+    return mean, std
+
+
+def evaluate_run(run_dir, *, metrics=None, n=5000, seeds=(0, 1, 2), sampler=None, steps=None,
+                 eta=None, features=None, weights="ema", nll_n=64, nll_steps=None, batch_size=64,
+                 device="auto", progress=True, log=True, proxy=False) -> EvalResult:
+    """Sample run ``run_dir`` per the protocol and score it; appends a row to its metrics.jsonl
+    (unless ``log`` is False). ``nll_steps`` K estimates the DDPM bound from K of its T steps."""
+    from ..pipeline import load
+
+    pipe = load(run_dir, device=device, weights=weights)
+    cfg = pipe.config
+    images = len(pipe.data_shape) == 3
+    kind = "image" if images else "points"
+    conditional = pipe.net_num_classes is not None
+    if metrics is None:
+        metrics = (*DEFAULT_IMAGE_METRICS, *(("cacc",) if conditional else ())) if images else \
+            ("w1", "w2", "mmd", "modes", "loglik")
+    metrics = parse_metrics(metrics, kind=kind)
+    if "cacc" in metrics and not conditional:
+        raise ConfigError("cacc (conditional accuracy) needs a class-conditional model; this one is not")
+    if n < 2:
+        raise ConfigError(f"n must be at least 2, got {n}")
+    sampling = dict(sampler=sampler or cfg.sample.sampler, steps=steps or cfg.sample.steps,
+                    eta=cfg.sample.eta if eta is None else eta)
+    timings = {}
+    protocol = {"run": str(run_dir), "images_seen": _images_seen(run_dir), "weights": weights,
+                "n": n, "seeds": list(seeds), **sampling, "metrics": list(metrics), "proxy": proxy}
+
+    if images:
+        net, reference = _image_reference(cfg.data.name, features, progress)
+        protocol.update(features=net.name, reference=f"{cfg.data.name} {REFERENCE_SPLITS.get(cfg.data.name)} "
+                                                      f"({len(reference)} images)")
+    else:
+        dist = TOY_DISTRIBUTIONS[cfg.data.name]
+        reference = load_dataset(cfg.data.name, split="test", n_points=n, seed=0).x
+        protocol.update(reference=f"{cfg.data.name}: {n} fresh points (test stream, seed 0)")
+
+    per_seed = []
+    for seed in seeds:
+        row = {}
+        labels = [i % pipe.net_num_classes for i in range(n)] if conditional else None
+        start = time.perf_counter()
+        x = pipe.sample(n, seed=seed * SEED_STRIDE, labels=labels, batch_size=batch_size,
+                        progress=progress, **sampling)
+        timings["sampling"] = timings.get("sampling", 0.0) + time.perf_counter() - start
+        sample_metrics = [m for m in metrics if m != "nll"]
+        if images and sample_metrics:
+            start = time.perf_counter()
+            fake_f, fake_logits = net.features_and_logits(x, progress=progress)
+            timings["features"] = timings.get("features", 0.0) + time.perf_counter() - start
+            row.update(image_scores(reference, fake_f, metrics=sample_metrics, fake_logits=fake_logits,
+                                    labels=torch.tensor(labels) if labels else None,
+                                    fd_name=f"fd_{net.tag}", seed=seed, timings=timings))
+        elif sample_metrics:
+            start = time.perf_counter()
+            row.update(toy_scores(dist, reference, x, metrics=sample_metrics))
+            timings["toy"] = timings.get("toy", 0.0) + time.perf_counter() - start
+        if "nll" in metrics:
+            start = time.perf_counter()
+            row.update(_nll(pipe, nll_n=nll_n, nll_steps=nll_steps, seed=seed, progress=progress))
+            timings["nll"] = timings.get("nll", 0.0) + time.perf_counter() - start
+        per_seed.append(row)
+    mean, std = summarize(per_seed)
+    result = EvalResult(per_seed, mean, std, protocol, timings)
+    if log:
+        append_eval_row(run_dir, result)
+    return result
+
+
+def _image_reference(dataset, features, progress):
+    if features is None:
+        if dataset not in REFERENCE_SPLITS:
+            raise ConfigError(f"dataset {dataset!r} has no built-in feature network or reference split; "
+                              "sample it (genmodels sample RUN --n 5000 --out fake.npz) and use "
+                              "genmodels eval --real DIR_OR_NPZ --fake fake.npz --features FILE")
+        features = dataset
+    net = features if isinstance(features, FeatureNet) else feature_net(features, progress=progress)
+    if dataset not in REFERENCE_SPLITS:
+        raise ConfigError(f"dataset {dataset!r} has no reference split; use genmodels eval --real/--fake")
+    return net, reference_features(dataset, net, progress=progress)
+
+
+def _nll(pipe, *, nll_n, nll_steps, seed, progress) -> dict:
+    """Likelihood of held-out data: the DDPM bound, or the PF-ODE on dequantized data."""
+    from ..diffusion import DiscreteDDPM
+
+    cfg = pipe.config
+    images = len(pipe.data_shape) == 3
+    g = torch.Generator().manual_seed(seed)
+    if images:
+        test = load_dataset(cfg.data.name, split="test", image_size=cfg.data.image_size,
+                            channels=cfg.data.channels)
+    else:
+        test = load_dataset(cfg.data.name, split="test", n_points=nll_n, seed=0)
+    x = test.x[:nll_n].to(pipe.device)
+    cond = {"y": test.y[:nll_n].to(pipe.device)} if pipe.net_num_classes is not None else None
+    path = pipe.path
+    if images and isinstance(path, DiscreteDDPM):
+        bound = ddpm_vlb(pipe.denoiser, path, x, cond=cond, steps=nll_steps, generator=g, progress=progress)
+        return {"nll_bpd": bound.bits_per_dim.mean().item()}
+    sigma_min = path.to_sigma(torch.tensor(path.t_min, dtype=torch.float64)).item()
+    sigma_max = path.to_sigma(torch.tensor(1.0, dtype=torch.float64)).item()
+    if images:
+        x = dequantize(x, generator=g)
+    result = ode_log_likelihood(pipe.denoiser, x, sigma_min=sigma_min, sigma_max=sigma_max,
+                                prior_std=path.prior_std(torch.tensor(sigma_max)).item(), cond=cond,
+                                generator=g, progress=progress)
+    if images:
+        return {"nll_bpd": bits_per_dim(result.log_px, x[0].numel()).mean().item(), "nll_nfe": result.nfe}
+    return {"nll": -result.log_px.mean().item(), "nll_nfe": result.nfe}
+
+
+def _images_seen(run_dir):
+    from ..report import read_metrics
+
+    rows = [r for r in read_metrics(run_dir) if "loss" in r and "images" in r]
+    return rows[-1]["images"] if rows else None
+
+
+def append_eval_row(run_dir, result: EvalResult) -> None:
+    row = {"eval": "proxy" if result.protocol.get("proxy") else "full", "images": result.protocol["images_seen"],
+           **result.mean, "std": result.std,
+           **{k: result.protocol[k] for k in ("features", "reference", "n", "seeds", "sampler", "steps")
+              if k in result.protocol}}
+    with open(Path(run_dir) / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def format_table(mean: dict, std: dict | None = None) -> str:
+    """Plain text: one metric a line, mean +- std when a std is given."""
+    lines = []
+    width = max((len(k) for k in mean), default=0)
+    for key, value in mean.items():
+        s = (std or {}).get(key)
+        text = _fmt(value) + (f" +- {_fmt(s)}" if s else "")
+        lines.append(f"{key:<{width}}  {text}")
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) < 1e6):
+        return str(int(v))
+    return f"{v:.4g}" if math.isfinite(v) else str(v)
