@@ -10,4 +10,11 @@ def load(run_dir, **kwargs):
     return _load(run_dir, **kwargs)
 
 
-__all__ = ["__version__", "load"]
+def load_classifier(run_dir, **kwargs):
+    """A noise-aware classifier run for classifier guidance: ``pipe.sample(..., classifier=c)``."""
+    from .pipeline import load_classifier as _load_classifier
+
+    return _load_classifier(run_dir, **kwargs)
+
+
+__all__ = ["__version__", "load", "load_classifier"]

@@ -8,7 +8,7 @@ import torch
 from .diffusion import NetDenoiser, build_path, get_parameterization
 from .errors import ConfigError
 from .nn import build_network
-from .objectives import DiffusionObjective
+from .objectives import DiffusionObjective, NoisyClassifierObjective
 
 
 def resolve_device(name: str) -> torch.device:
@@ -31,12 +31,15 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if precision == "bf16" else None
 
 
+IMAGE_NETWORKS = ("unet", "noisy_classifier")
+
+
 def network_options(cfg, data_shape, num_classes: int) -> dict:
     """The model options with the data-dependent ones filled in (what config.json records)."""
     options = dict(cfg.model.options)
-    if cfg.model.network == "unet":
+    if cfg.model.network in IMAGE_NETWORKS:
         if len(data_shape) != 3:
-            raise ConfigError(f"network 'unet' needs image data, but dataset '{cfg.data.name}' has "
+            raise ConfigError(f"network '{cfg.model.network}' needs image data, but dataset '{cfg.data.name}' has "
                               f"items of shape {tuple(data_shape)}; use model.network=mlp")
         _fill(options, "in_channels", data_shape[0], cfg)
         _fill(options, "image_size", data_shape[1], cfg)
@@ -72,6 +75,17 @@ def build_diffusion(cfg, options: dict):
     objective = DiffusionObjective(path, param, cfg.diffusion.min_snr_gamma, label_dropout,
                                    options.get("num_classes"))
     return net, path, param, objective
+
+
+def build_family(cfg, options: dict):
+    """(net, path, param, objective) of the run's family; param is None for a classifier."""
+    if cfg.family == "classifier":
+        if cfg.model.network != "noisy_classifier":
+            raise ConfigError(f"family 'classifier' trains model.network=noisy_classifier, not "
+                              f"'{cfg.model.network}'")
+        path = build_path(cfg.diffusion)
+        return build_network("noisy_classifier", **options), path, None, NoisyClassifierObjective(path)
+    return build_diffusion(cfg, options)
 
 
 def make_denoiser(net, path, param) -> NetDenoiser:

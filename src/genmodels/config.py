@@ -94,7 +94,7 @@ class Config:
 # Closed sets of values, checked when a config is built. Names of samplers and networks are
 # checked by their own registries, which know the full list.
 CHOICES = {
-    "family": ("diffusion",),
+    "family": ("diffusion", "classifier"),
     "diffusion.path": ("ddpm", "vp"),
     "diffusion.schedule": ("linear", "cosine"),
     "diffusion.prediction": ("eps", "x0", "v"),

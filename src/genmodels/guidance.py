@@ -74,24 +74,38 @@ class ClassifierGuidance(nn.Module):
     """Shift x0 by w sigma^2 grad_x log p(y | x, sigma) with ``classifier(x_ve, sigma) -> logits``
     (a noise-aware classifier that takes the VE state, like a Denoiser)."""
 
-    def __init__(self, denoiser, classifier, scale: float):
+    def __init__(self, denoiser, classifier, scale: float, *, conditional_denoiser: bool = False):
         super().__init__()
         self.denoiser, self.classifier, self.scale = denoiser, classifier, float(scale)
+        self.conditional_denoiser = conditional_denoiser  # pass y on to a class-conditional D
 
     def forward(self, x, sigma, y=None, **cond):
         if y is None:
             raise ValueError("classifier guidance needs class labels y")
-        x0 = self.denoiser(x, sigma, y=y, **cond) if _takes_labels(self.denoiser) else self.denoiser(x, sigma, **cond)
+        x0 = self.denoiser(x, sigma, y=y, **cond) if self.conditional_denoiser else self.denoiser(x, sigma, **cond)
         # Samplers run under inference_mode; the gradient needs a normal tensor and autograd.
         with torch.inference_mode(False), torch.enable_grad():
             x_in = x.detach().clone().requires_grad_(True)
-            log_p = torch.log_softmax(self.classifier(x_in, sigma).float(), dim=1)
-            picked = log_p.gather(1, y.reshape(-1, 1).long()).sum()
+            sigma_in = torch.as_tensor(sigma).clone()  # an inference tensor cannot enter the graph
+            log_p = torch.log_softmax(self.classifier(x_in, sigma_in).float(), dim=1)
+            picked = log_p.gather(1, y.reshape(-1, 1).long().clone()).sum()
             grad = torch.autograd.grad(picked, x_in)[0]
         sigma = expand_like(torch.as_tensor(sigma, device=x.device), x)
         return x0 + self.scale * sigma**2 * grad.to(x0.dtype)
 
 
-def _takes_labels(denoiser) -> bool:
-    net = getattr(denoiser, "net", None)
-    return getattr(net, "num_classes", None) is not None
+class NoisyClassifierOnVE(nn.Module):
+    """A noise-aware classifier trained on x_t (the path's coordinates, conditioned on c_noise)
+    called as ClassifierGuidance calls it: on the VE state x and its sigma."""
+
+    def __init__(self, net, path):
+        super().__init__()
+        self.net, self.path = net, path
+
+    def forward(self, x, sigma):
+        sigma = torch.as_tensor(sigma, device=x.device)
+        if sigma.ndim == 0:
+            sigma = sigma.expand(x.shape[0])
+        t = self.path.from_sigma(sigma.to(torch.float64))
+        alpha = expand_like(self.path.alpha_from_sigma(sigma.to(torch.float64)), x)
+        return self.net(x * alpha, self.path.c_noise(t).to(x.dtype))

@@ -15,17 +15,29 @@ SIGMA_SPACINGS = ("karras", "logsnr")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
 
-def sigma_grid(path, steps: int, *, spacing: str | None = None, rho: float = 7.0) -> torch.Tensor:
+def sigma_grid(path, steps: int, *, spacing: str | None = None, rho: float = 7.0,
+               sigma_max: float | None = None) -> torch.Tensor:
     """The ``steps`` noise levels a sampler visits, as VE sigmas, with a final 0 (the data), float64.
 
     ``spacing``: one of TIMESTEP_SPACINGS or SIGMA_SPACINGS; None takes the path's default.
+    ``sigma_max`` caps the noise-level spacings' top (default: the path's largest level). The
+    cosine DDPM's top level is ~2e4 (beta clipped at 0.999); a second-order step (Heun) across
+    such a ratio extrapolates its end slope over the whole interval and fails, which is why EDM
+    samples from sigma_max = 80 (docs/BENCHMARKS.md).
     """
     if spacing in SIGMA_SPACINGS:
         if steps < 1:
             raise ConfigError(f"steps must be >= 1, got {steps}")
         s_max = float(path.to_sigma(torch.tensor(1.0, dtype=torch.float64)))
+        if sigma_max is not None:
+            if sigma_max <= 0:
+                raise ConfigError(f"sigma_max must be > 0, got {sigma_max}")
+            s_max = min(s_max, float(sigma_max))
         s_min = float(path.to_sigma(torch.tensor(path.t_min, dtype=torch.float64)))
         sigmas = karras_sigmas(s_max, s_min, steps, rho) if spacing == "karras" else logsnr_sigmas(s_max, s_min, steps)
+    elif sigma_max is not None:
+        raise ConfigError(f"sigma_max applies to the noise-level spacings ({', '.join(SIGMA_SPACINGS)}), "
+                          f"not to '{spacing or 'the default'}' timesteps")
     elif spacing is None or spacing in TIMESTEP_SPACINGS:
         kwargs = {} if spacing is None else {"spacing": spacing}
         sigmas = path.to_sigma(path.grid(steps, **kwargs))

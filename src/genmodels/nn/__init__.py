@@ -1,4 +1,5 @@
-"""Neural network bodies for the denoisers: ``UNet`` for images, ``MLP`` for toy 2-D data.
+"""Neural network bodies: ``UNet`` for images, ``MLP`` for toy 2-D data (denoisers), and
+``NoisyClassifier`` (classifier guidance).
 
 ``build_network(name, **kwargs)`` builds one from a config; ``NETWORKS`` is the registry.
 """
@@ -8,10 +9,11 @@ import inspect
 from torch import nn
 
 from genmodels.errors import ConfigError
+from genmodels.nn.classifier import NoisyClassifier
 from genmodels.nn.mlp import MLP
 from genmodels.nn.unet import UNet
 
-NETWORKS: dict[str, type] = {"unet": UNet, "mlp": MLP}
+NETWORKS: dict[str, type] = {"unet": UNet, "mlp": MLP, "noisy_classifier": NoisyClassifier}
 
 
 def build_network(name: str, **kwargs) -> nn.Module:
@@ -27,4 +29,4 @@ def build_network(name: str, **kwargs) -> nn.Module:
     return cls(**kwargs)
 
 
-__all__ = ["MLP", "NETWORKS", "UNet", "build_network"]
+__all__ = ["MLP", "NETWORKS", "NoisyClassifier", "UNet", "build_network"]

@@ -1,5 +1,6 @@
 """Training objectives: ``objective(net, batch, generator=) -> (per-sample loss [B], logs)``."""
 
+from .classifier import NoisyClassifierObjective
 from .diffusion import DiffusionObjective
 
-__all__ = ["DiffusionObjective"]
+__all__ = ["DiffusionObjective", "NoisyClassifierObjective"]

@@ -77,7 +77,7 @@ def prepare(cfg: Config, run_dir, *, resume=False, dist: Dist = Dist(), device=N
                            n_points=cfg.data.n_points, seed=cfg.train.seed)
     options = build.network_options(cfg, dataset.shape, dataset.num_classes)
     cfg.model.options = options
-    net, path, param, objective = build.build_diffusion(cfg, options)
+    net, path, param, objective = build.build_family(cfg, options)
     channels_last = cfg.train.channels_last and len(dataset.shape) == 3
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     net = net.to(device=device, memory_format=memory_format)
@@ -128,7 +128,7 @@ def prepare(cfg: Config, run_dir, *, resume=False, dist: Dist = Dist(), device=N
     trainer = Trainer(run_dir=run_dir, cfg=t, modules={"net": net},
                       phases=[Phase("denoiser", train_net, loss, optimizer, t.grad_clip)],
                       emas={"net": ema}, batches=batches, device=device,
-                      preview=preview,
+                      preview=preview if param is not None else None,  # a classifier draws nothing
                       generator_seed=t.seed, dist=dist, shards=shards)
     if resume:
         trainer.load()
