@@ -11,7 +11,8 @@ from .errors import GenmodelsError
 
 EXAMPLES = {
     "train": "genmodels train mnist-ddpm train.lr=1e-3 --out runs/mnist\n"
-             "  genmodels train --resume --out runs/mnist train.images=600000",
+             "  genmodels train --resume --out runs/mnist train.images=600000\n"
+             "  torchrun --standalone --nproc_per_node=2 -m genmodels train mnist-ddpm --out runs/ddp",
     "sample": "genmodels sample runs/mnist --n 64 --sampler ddim --steps 50 --seed 0 --out grid.png\n"
               "  genmodels sample runs/cond --class 7 --guidance 3.0 --sampler dpmpp_2m --steps 10\n"
               "  genmodels sample runs/cond --class all --guidance 3 --out classes.png  (a row per class)\n"
@@ -49,6 +50,7 @@ def cli():
 def train(config, overrides, out, resume, device):
     from .config import load_config
     from .pipeline import read_run_config
+    from .train import distributed
     from .train.run import train as run_train
 
     overrides = list(overrides)
@@ -66,7 +68,8 @@ def train(config, overrides, out, resume, device):
     else:
         cfg = load_config(config, overrides)
     progress = run_train(cfg, out, resume=resume)
-    click.echo(f"trained {progress.images_seen:,} images; run directory: {out}")
+    if distributed.from_env().is_main:  # under torchrun every rank gets here; one line is enough
+        click.echo(f"trained {progress.images_seen:,} images; run directory: {out}")
 
 
 # ---- sample ---------------------------------------------------------------------------
@@ -121,7 +124,8 @@ def parse_classes(text, n, per_class, pipe):
 
 @cli.command(help=_help("sample", "Sample from a trained run (EMA weights)."))
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--n", default=64, show_default=True, help="Number of samples.")
+@click.option("--n", "--num-samples", "n", default=64, show_default=True,
+              help="Number of samples (under torchrun write --num-samples: its own parser takes --n).")
 @click.option("--sampler", default="ddim", show_default=True,
               help="ddim | ddpm | euler | euler_ancestral | heun | dpmpp_2m | dpmpp_2m_sde | unipc | rk45.")
 @click.option("--steps", default=50, show_default=True,
@@ -147,15 +151,22 @@ def sample(run_dir, n, sampler, steps, eta, spacing, class_, per_class, guidance
            threshold, churn, order, seed, batch_size, weights, device, out):
     from .pipeline import load
 
-    pipe = load(run_dir, device=device, weights=weights)
+    from .build import resolve_device
+    from .train import distributed
+
+    # Under torchrun each rank draws its share of the batches; rank 0 writes them all.
+    dist, rank_device = distributed.setup(resolve_device(device))
+    pipe = load(run_dir, device=rank_device, weights=weights)
     labels, n, nrow = parse_classes(class_, n, per_class, pipe)
     options = {k: v for k, v in (("s_churn", churn), ("order", order)) if v is not None}
     t0 = time.perf_counter()
     x = pipe.sample(n, seed=seed, sampler=sampler, steps=steps, eta=eta, spacing=spacing, labels=labels,
                     guidance=guidance, guidance_interval=parse_interval(guidance_interval),
-                    dynamic_threshold=threshold, batch_size=batch_size, **options)
+                    dynamic_threshold=threshold, batch_size=batch_size, dist=dist, **options)
     dt = time.perf_counter() - t0
-    click.echo(f"{write_samples(x, out, nrow=nrow)} ({dt:.1f} s, {1000 * dt / n:.1f} ms per sample)")
+    if dist.is_main:
+        click.echo(f"{write_samples(x, out, nrow=nrow)} ({dt:.1f} s, {1000 * dt / n:.1f} ms per sample)")
+    distributed.teardown(dist)
 
 
 # ---- data -----------------------------------------------------------------------------

@@ -78,13 +78,14 @@ def save_images(x: Tensor, directory: str | Path, *, start: int = 0) -> None:
 
 
 def save_npz(x: Tensor, path: str | Path) -> None:
-    """Save images as uint8 [N, H, W, C] under key "arr_0", the layout FID tools read.
+    """Save images as uint8 [N, H, W, C] under key "arr_0", the layout FID tools read; points
+    [N, D] (toy 2-D data) as float32 [N, D], which have no pixels to quantise.
 
     The file is written to ``path`` exactly (numpy's habit of appending ".npz" is bypassed).
     """
-    pixels = to_uint8(x)
+    array = x.detach().to("cpu", torch.float32).numpy() if x.ndim == 2 else to_uint8(x)
     with _atomic_file(Path(path)) as f:
-        np.savez(f, arr_0=pixels)
+        np.savez(f, arr_0=array)
 
 
 def scatter_plot(

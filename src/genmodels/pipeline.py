@@ -17,12 +17,18 @@ from .errors import CheckpointError, ConfigError
 from .guidance import CFGDenoiser, DynamicThresholding
 from .samplers import SeededNoise, run_sampler
 from .train.checkpoint import load_weights
+from .train.distributed import Dist
 
 
 @torch.inference_mode()
 def generate(denoiser, path, *, shape, seeds, sampler="ddim", steps=50, eta=None, spacing=None,
-             labels=None, batch_size=64, device="cpu", progress=False, options=None) -> torch.Tensor:
+             labels=None, batch_size=64, device="cpu", progress=False, options=None,
+             dist: Dist = Dist()) -> torch.Tensor:
     """Draw one sample per seed; sample i depends only on seeds[i] (and labels[i]).
+
+    Under torchrun (``dist`` from ``train.distributed.setup``) rank r draws batches r,
+    r + world_size, ... of the seeds, the same batches one process would draw, and every rank
+    returns all samples: the result equals one process's.
 
     ``options`` go to the sampler (e.g. ``s_churn`` for heun, ``order`` for unipc, ``rtol`` for
     rk45).
@@ -31,18 +37,20 @@ def generate(denoiser, path, *, shape, seeds, sampler="ddim", steps=50, eta=None
     Returns float32 on the CPU, shape [len(seeds), *shape].
     """
     sigmas = sigma_grid(path, steps, **({} if spacing is None else {"spacing": spacing}))
-    out = []
-    for start in range(0, len(seeds), batch_size):
+    starts = range(0, len(seeds), batch_size)
+    out = {}
+    for start in starts[dist.rank::dist.world_size]:
         chunk = list(seeds[start:start + batch_size])
         noise = SeededNoise(chunk, shape, device=device)
         x = noise() * path.prior_std(sigmas[0]).item()
         cond = {}
         if labels is not None:
             cond["y"] = torch.as_tensor(labels[start:start + batch_size], device=device, dtype=torch.long)
-        x = run_sampler(sampler, denoiser, x, sigmas, noise=noise, eta=eta, cond=cond, progress=progress,
-                        **(options or {}))
-        out.append(x.float().cpu())
-    return torch.cat(out)
+        x = run_sampler(sampler, denoiser, x, sigmas, noise=noise, eta=eta, cond=cond,
+                        progress=progress and dist.is_main, **(options or {}))
+        out[start] = x.float().cpu()
+    drawn = {start: x for part in dist.all_gather_objects(out) for start, x in part.items()}
+    return torch.cat([drawn[start] for start in starts])
 
 
 @dataclass
@@ -64,13 +72,15 @@ class Pipeline:
 
     def sample(self, n=64, *, seed=0, sampler="ddim", steps=50, eta=None, spacing=None,
                labels=None, guidance=1.0, guidance_interval=None, dynamic_threshold=None,
-               batch_size=64, progress=True, **options) -> torch.Tensor:
+               batch_size=64, progress=True, dist=Dist(),
+               **options) -> torch.Tensor:
         """``n`` samples; sample i uses seed ``seed + i``. Images are clamped to [-1, 1].
 
         ``labels``: one class index for all, or one per sample (class-conditional runs).
         ``guidance``: classifier-free guidance scale w (1 = conditional, 0 = unconditional),
         ``guidance_interval=(sigma_lo, sigma_hi)`` limits it to those noise levels.
         ``dynamic_threshold``: Imagen's percentile (e.g. 0.995) for clipping x0.
+        ``dist``: split the batches over the ranks of a torchrun launch (see ``generate``).
         Other keywords go to the sampler (``s_churn``, ``order``, ``rtol``, ...).
         """
         if n < 1:
@@ -94,7 +104,8 @@ class Pipeline:
             denoiser = DynamicThresholding(denoiser, dynamic_threshold)
         x = generate(denoiser, self.path, shape=self.data_shape, seeds=range(seed, seed + n),
                      sampler=sampler, steps=steps, eta=eta, spacing=spacing, labels=labels,
-                     batch_size=batch_size, device=self.device, progress=progress, options=options)
+                     batch_size=batch_size, device=self.device, progress=progress, options=options,
+                     dist=dist)
         return x.clamp(-1, 1) if len(self.data_shape) == 3 else x
 
     @property
@@ -115,12 +126,17 @@ def read_run_config(run_dir) -> dict:
         raise CheckpointError(f"{path} is not valid JSON ({e})") from None
 
 
+def _device(device) -> torch.device:
+    """A name (auto | cpu | cuda), or a torch.device as given (e.g. cuda:LOCAL_RANK under torchrun)."""
+    return device if isinstance(device, torch.device) else build.resolve_device(device)
+
+
 def load(run_dir, *, device="auto", weights="ema") -> Pipeline:
     """Rebuild a trained model from ``run_dir`` (config.json + safetensors)."""
     run_dir = Path(run_dir)
     record = read_run_config(run_dir)
     cfg = from_dict(record["config"])
-    device = build.resolve_device(device)
+    device = _device(device)
     net, path, param, _ = build.build_diffusion(cfg, cfg.model.options)
     files = {"ema": "ema.safetensors", "model": "model.safetensors"}
     if weights not in files:
