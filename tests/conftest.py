@@ -8,10 +8,13 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Each test session gets its own cache dir, so no test depends on a warm ~/.cache."""
-    monkeypatch.setenv("GENMODELS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Each test session gets its own cache dir, so no test depends on a warm ~/.cache.
+    Session-scoped, so module-scoped fixtures (trained runs, feature networks) see it too."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GENMODELS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        yield
 
 
 TINY_UNET = [

@@ -220,6 +220,11 @@ def report(run_dir, device):
     click.echo(f"report: {make_report(run_dir, device=device)}")
 
 
+from .cli_eval import eval_cmd  # noqa: E402
+
+cli.add_command(eval_cmd)
+
+
 def main(argv=None):
     try:
         cli.main(args=argv, prog_name="genmodels", standalone_mode=False)

@@ -22,7 +22,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-__all__ = ["to_uint8", "make_grid", "save_grid", "save_images", "save_npz", "scatter_plot"]
+__all__ = ["to_uint8", "make_grid", "save_grid", "save_images", "save_npz", "scatter_plot",
+           "load_image_set"]
 
 
 def to_uint8(x: Tensor) -> np.ndarray:
@@ -159,3 +160,34 @@ def _atomic_file(path: Path):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def load_image_set(path: str | Path) -> Tensor:
+    """Images from an .npz (uint8 [N, H, W, C] or [N, H, W], the first array or "arr_0") or a
+    folder of images (all resized to the first image's size) -> float32 [N, C, H, W] in [-1, 1]."""
+    from .data.folder import IMAGE_SUFFIXES, load_image_folder
+    from .errors import DataError
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        first = next((p for p in sorted(path.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES), None)
+        if first is None:
+            raise DataError(f"no PNG/JPEG/WebP images under {path}")
+        with Image.open(first) as image:
+            size, channels = min(image.size), 1 if image.mode in ("L", "LA", "I", "1") else 3
+        x, _, _ = load_image_folder(path, image_size=size, channels=channels)
+        return x
+    if path.suffix != ".npz" or not path.is_file():
+        raise DataError(f"{path} is neither a folder of images nor an existing .npz file")
+    try:
+        with np.load(path) as data:
+            key = "arr_0" if "arr_0" in data.files else data.files[0]
+            pixels = data[key]
+    except (OSError, ValueError, IndexError) as err:
+        raise DataError(f"cannot read {path} as .npz ({err})") from None
+    if pixels.ndim == 3:
+        pixels = pixels[..., None]
+    if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[-1] not in (1, 3):
+        raise DataError(f"{path}: expected uint8 images [N, H, W, C] with C = 1 or 3, got "
+                        f"{pixels.dtype} {tuple(pixels.shape)}")
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(127.5).sub(1).contiguous()

@@ -1,0 +1,154 @@
+"""The evaluation protocol end to end: feature CNNs (accuracy, determinism, cache), the sanity
+ordering of fd_cnn on MNIST, `genmodels eval` on runs and on image sets, and its errors."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from genmodels.config import load_config
+from genmodels.data import load_dataset
+from genmodels.images import save_images, save_npz
+from genmodels.metrics import fd, feature_net
+from genmodels.metrics.features import (_read_info, dataset_feature_cnn, feature_cnn_path,
+                                        weights_hash)
+from genmodels.train.run import train
+from tests.conftest import TINY_UNET
+from tests.test_cli import assert_one_line_error, run_cli
+
+TINY_DIGITS = TINY_UNET + ["model.attn_resolutions=[]", "data.name=digits", "train.images=64", "train.batch_size=16",
+                           "train.device=cpu", "sample.steps=5"]
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("eval") / "digits"
+    train(load_config("mnist-ddpm", TINY_DIGITS), run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("eval") / "toy"
+    train(load_config("toy-ddpm", ["train.images=256", "train.device=cpu", "sample.steps=10"]), run)
+    return run
+
+
+# ---- feature networks ------------------------------------------------------------------
+def test_digits_feature_cnn_is_deterministic_cached_and_rebuilt_when_stale(monkeypatch):
+    net, info = dataset_feature_cnn("digits", rebuild=True, progress=False)
+    again, _ = dataset_feature_cnn("digits", rebuild=True, progress=False)
+    assert weights_hash(net) == weights_hash(again)
+    assert info["test_accuracy"] >= 0.95
+    path = feature_cnn_path("digits")
+    assert _read_info(path)["data_sha256"] == info["data_sha256"]
+    built = []
+    import genmodels.metrics.features as features
+
+    real_build = features.build_feature_cnn
+    monkeypatch.setattr(features, "build_feature_cnn",
+                        lambda *a, **k: built.append(1) or real_build(*a, **k))
+    feature_net("digits", progress=False)
+    assert built == []  # a valid cache file is loaded, not retrained
+    monkeypatch.setattr(features, "data_hash", lambda dataset: "changed data")
+    feature_net("digits", progress=False)
+    assert built == [1]
+
+
+@pytest.fixture(scope="module")
+def mnist_net():
+    return feature_net("mnist", progress=False)
+
+
+@pytest.mark.slow
+def test_mnist_feature_cnn_accuracy_and_the_sanity_ordering(mnist_net):
+    """fd_cnn(test vs train) < fd_cnn(test vs blurred train) < fd_cnn(test vs noise)."""
+    assert mnist_net.info["test_accuracy"] >= 0.97
+    test = load_dataset("mnist", split="test").x
+    train_x = load_dataset("mnist", split="train").x[:2000]
+    blurred = F.avg_pool2d(train_x, 3, stride=1, padding=1, count_include_pad=False)
+    noise = torch.rand(train_x.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    f = mnist_net.features
+    ref = f(test)
+    scores = [fd(ref, f(x)) for x in (train_x, blurred, noise)]
+    assert scores[0] < scores[1] < scores[2], scores
+    assert scores[0] < 0.2 * scores[1]
+
+
+@pytest.mark.slow
+def test_fashion_feature_cnn_reaches_90_percent():
+    pytest.importorskip("genmodels.data.datasets").FASHION_DIR.is_dir() or pytest.skip("no Fashion-MNIST")
+    assert feature_net("fashion", progress=False).info["test_accuracy"] >= 0.90
+
+
+# ---- genmodels eval RUN_DIR --------------------------------------------------------------
+def test_eval_run_json_is_deterministic_and_logged(digits_run, capsys):
+    args = ["eval", digits_run, "--metrics", "fd_cnn,kid,prdc,cs,nll", "--n", "40", "--seeds", "0,1",
+            "--nll-n", "4", "--nll-steps", "5", "--json"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    for key in ("fd_cnn", "kid", "kid_std", "precision", "recall", "density", "coverage", "cs", "nll_bpd"):
+        assert isinstance(result[key], float), key
+        assert key in result["std"]
+    assert result["features"] == "digits-CNN" and result["reference"].startswith("digits all (1797")
+    assert len(result["per_seed"]) == 2 and result["per_seed"][0] != result["per_seed"][1]
+    assert 0 < result["nll_bpd"] < 100
+    code, out2, _ = run_cli(args, capsys)
+    assert json.loads(out2)["per_seed"] == result["per_seed"]  # fixed seeds: the same numbers
+    rows = [json.loads(line) for line in (digits_run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r.get("eval") == "full"]
+    assert len(evals) == 2 and evals[0]["fd_cnn"] == result["fd_cnn"] and evals[0]["images"] == 64
+
+
+def test_eval_run_table(digits_run, capsys):
+    code, out, err = run_cli(["eval", digits_run, "--metrics", "fd_cnn", "--n", "20", "--seeds", "3",
+                              "--no-log"], capsys)
+    assert code == 0, err
+    assert "features: digits-CNN" in out and "fd_cnn" in out
+
+
+def test_eval_toy_run(toy_run, capsys):
+    code, out, err = run_cli(["eval", toy_run, "--metrics", "w1,w2,mmd,modes,loglik,nll", "--n", "200",
+                              "--seeds", "0", "--nll-n", "8", "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    for key in ("w1", "w2", "mmd", "modes_covered", "high_quality", "loglik", "loglik_data", "nll"):
+        assert key in result, key
+    assert result["modes"] == 8 and result["w1"] <= result["w2"] + 1e-12  # W1 <= W2 (Jensen)
+
+
+# ---- genmodels eval --real --fake --------------------------------------------------------
+def test_eval_image_sets_from_npz_and_folder(tmp_path, capsys):
+    real = load_dataset("digits", split="test").x
+    save_npz(real, tmp_path / "real.npz")
+    save_images(real, tmp_path / "same")
+    save_images(torch.flip(real, dims=[3]), tmp_path / "mirrored")
+    code, out, err = run_cli(["eval", "--real", tmp_path / "real.npz", "--fake", tmp_path / "same", "--json"], capsys)
+    assert code == 0, err
+    same = json.loads(out)
+    assert same["features"] == "digits-CNN" and same["n_real"] == same["n_fake"] == 179
+    assert same["fd_cnn"] == pytest.approx(0, abs=1e-6) and same["precision"] == 1.0
+    code, out, err = run_cli(["eval", "--real", tmp_path / "real.npz", "--fake", tmp_path / "mirrored",
+                              "--features", "digits", "--metrics", "fd_cnn,kid"], capsys)
+    assert code == 0, err
+    assert "features: digits-CNN" in out and "kid" in out
+
+
+def test_eval_errors_are_one_line(tmp_path, digits_run, capsys):
+    save_npz(torch.zeros(4, 1, 28, 28), tmp_path / "mnistlike.npz")
+    cases = [
+        (["eval", digits_run, "--metrics", "fid2"], ["unknown metric", "fd_cnn"]),
+        (["eval", digits_run, "--metrics", "cacc", "--n", "4"], ["class-conditional"]),
+        (["eval", digits_run, "--seeds", "a,b"], ["--seeds"]),
+        (["eval", tmp_path / "missing"], ["does not exist"]),
+        (["eval", "--real", tmp_path / "mnistlike.npz"], ["--real and --fake"]),
+        (["eval", "--real", tmp_path / "nope.npz", "--fake", tmp_path / "mnistlike.npz"], ["nope.npz"]),
+        (["eval", "--real", tmp_path / "mnistlike.npz", "--fake", tmp_path / "mnistlike.npz"], ["--features"]),
+        (["eval", "--real", tmp_path / "mnistlike.npz", "--fake", tmp_path / "mnistlike.npz",
+          "--features", "imagenet"], ["imagenet", "mnist"]),
+    ]
+    for args, fragments in cases:
+        code, _, err = run_cli(args, capsys)
+        assert_one_line_error(code, err, *fragments)
