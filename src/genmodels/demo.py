@@ -35,7 +35,7 @@ def make_report(run_dir, *, device="auto", sample_seconds=None) -> Path:
     save_npz(x, run_dir / "samples.npz")
     loss_png = plot_loss(run_dir, run_dir / "loss.png")
 
-    rows = read_metrics(run_dir)
+    rows = [r for r in read_metrics(run_dir) if "loss" in r]  # not the eval rows
     last = rows[-1] if rows else {}
     facts = {
         "dataset": pipe.config.data.name,
