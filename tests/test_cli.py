@@ -107,3 +107,40 @@ def test_data_show(tmp_path, capsys):
 def test_help_has_an_example(command, capsys):
     code, out, _ = run_cli(command + ["--help"], capsys)
     assert code == 0 and "Example" in out and "genmodels" in out
+
+
+def test_sample_with_every_sampler_option(trained_run, tmp_path, capsys):
+    for args in (["--sampler", "unipc", "--order", "3", "--spacing", "trailing"],
+                 ["--sampler", "heun", "--churn", "1.0", "--spacing", "karras"],
+                 ["--sampler", "dpmpp_2m_sde", "--eta", "1", "--threshold", "0.99"]):
+        code, out, err = run_cli(["sample", trained_run, "--n", "4", "--steps", "3", *args,
+                                  "--out", tmp_path / "g.png"], capsys)
+        assert code in (0, None), err
+        assert "grid of 4 samples" in out
+
+
+def test_guidance_errors_are_one_line(trained_run, tmp_path, capsys):
+    out = tmp_path / "g.png"
+    code, _, err = run_cli(["sample", trained_run, "--n", "4", "--class", "3", "--out", out], capsys)
+    assert_one_line_error(code, err, "not class-conditional", "--classifier")
+    code, _, err = run_cli(["sample", trained_run, "--n", "4", "--guidance", "3", "--out", out], capsys)
+    assert_one_line_error(code, err, "guidance needs class labels")
+    code, _, err = run_cli(["sample", trained_run, "--n", "4", "--sampler", "ddim", "--order", "2",
+                            "--out", out], capsys)
+    assert_one_line_error(code, err, "sampler 'ddim' takes no option 'order'")
+    code, _, err = run_cli(["sample", trained_run, "--n", "4", "--spacing", "cubic", "--out", out], capsys)
+    assert_one_line_error(code, err, "spacing 'cubic'", "karras")
+    code, _, err = run_cli(["sample", trained_run, "--n", "4", "--classifier", trained_run, "--class", "1",
+                            "--out", out], capsys)
+    assert_one_line_error(code, err, "diffusion run, not a classifier")
+
+
+def test_invert_writes_image_noise_reconstruction_rows(trained_run, tmp_path, capsys):
+    out = tmp_path / "inv.png"
+    code, text, err = run_cli(["invert", trained_run, "--n", "3", "--steps", "5", "--out", out], capsys)
+    assert code in (0, None), err
+    assert "round-trip RMS error" in text
+    rmse = float(text.split("error ")[1].split()[0])
+    assert 0 <= rmse < 2  # images and reconstructions both lie in [-1, 1]
+    width, height = Image.open(out).size
+    assert height > 2.5 * (width / 3)  # three rows of three images

@@ -20,6 +20,7 @@ EXAMPLES = {
               "  genmodels sample runs/mnist --n 16 --out pngs/           (one PNG per sample)",
     "show": "genmodels data show mnist --out mnist.png\n  genmodels data show 8gaussians --out toy.png",
     "demo": "genmodels demo --minutes 10 --out runs/demo",
+    "invert": "genmodels invert runs/mnist --n 8 --steps 50 --out inversion.png",
     "report": "genmodels report runs/mnist",
 }
 
@@ -104,13 +105,14 @@ def parse_interval(text):
     return (min(lo, hi), max(lo, hi))
 
 
-def parse_classes(text, n, per_class, pipe):
+def parse_classes(text, n, per_class, pipe, classifier=None):
     """--class K -> n labels K; --class all -> per_class labels of every class, class-major."""
     if text is None:
         return None, n, None
-    num_classes = pipe.net_num_classes
+    num_classes = pipe.net_num_classes or (classifier.net.num_classes if classifier is not None else None)
     if num_classes is None:
-        raise GenmodelsError(f"'{pipe.run_dir}' is not class-conditional (model.num_classes is unset); drop --class")
+        raise GenmodelsError(f"'{pipe.run_dir}' is not class-conditional (model.num_classes is unset); "
+                             "drop --class, or add --classifier RUN for classifier guidance")
     if text == "all":
         return [k for k in range(num_classes) for _ in range(per_class)], num_classes * per_class, per_class
     names = list(pipe.class_names)
@@ -133,12 +135,17 @@ def parse_classes(text, n, per_class, pipe):
 @click.option("--eta", default=None, type=float, help="Ancestral noise (ddim, euler_ancestral, dpmpp_2m_sde).")
 @click.option("--spacing", default=None,
               help="Noise grid: leading | trailing | linspace (timesteps) | karras | logsnr.")
+@click.option("--sigma-max", default=None, type=float,
+              help="Top noise level of karras/logsnr grids (EDM: 80; heun needs a cap on cosine DDPMs).")
 @click.option("--class", "class_", default=None, help="Class index or name, or 'all' (a row per class).")
 @click.option("--per-class", default=8, show_default=True, help="Samples per class with --class all.")
 @click.option("--guidance", default=1.0, show_default=True,
               help="Classifier-free guidance scale w (1 conditional, 0 unconditional).")
 @click.option("--guidance-interval", default=None, help="LO,HI: guide only for sigma in [LO, HI].")
 @click.option("--threshold", default=None, type=float, help="Dynamic thresholding percentile, e.g. 0.995.")
+@click.option("--classifier", default=None, type=click.Path(path_type=Path),
+              help="A noise-aware classifier run (config mnist-noisy-classifier) for classifier guidance.")
+@click.option("--classifier-scale", default=1.0, show_default=True, help="Classifier guidance scale.")
 @click.option("--churn", default=None, type=float, help="EDM s_churn for euler and heun.")
 @click.option("--order", default=None, type=int, help="UniPC order (1-3).")
 @click.option("--seed", default=0, show_default=True, help="Sample i uses seed + i.")
@@ -147,9 +154,9 @@ def parse_classes(text, n, per_class, pipe):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--out", "out", default="samples.png", show_default=True,
               help="grid.png, samples.npz or a directory/ for one PNG per sample.")
-def sample(run_dir, n, sampler, steps, eta, spacing, class_, per_class, guidance, guidance_interval,
-           threshold, churn, order, seed, batch_size, weights, device, out):
-    from .pipeline import load
+def sample(run_dir, n, sampler, steps, eta, spacing, sigma_max, class_, per_class, guidance, guidance_interval,
+           threshold, classifier, classifier_scale, churn, order, seed, batch_size, weights, device, out):
+    from .pipeline import load, load_classifier
 
     from .build import resolve_device
     from .train import distributed
@@ -157,16 +164,46 @@ def sample(run_dir, n, sampler, steps, eta, spacing, class_, per_class, guidance
     # Under torchrun each rank draws its share of the batches; rank 0 writes them all.
     dist, rank_device = distributed.setup(resolve_device(device))
     pipe = load(run_dir, device=rank_device, weights=weights)
-    labels, n, nrow = parse_classes(class_, n, per_class, pipe)
+    classifier = None if classifier is None else load_classifier(classifier, device=device)
+    labels, n, nrow = parse_classes(class_, n, per_class, pipe, classifier)
     options = {k: v for k, v in (("s_churn", churn), ("order", order)) if v is not None}
     t0 = time.perf_counter()
-    x = pipe.sample(n, seed=seed, sampler=sampler, steps=steps, eta=eta, spacing=spacing, labels=labels,
+    x = pipe.sample(n, seed=seed, sampler=sampler, steps=steps, eta=eta, spacing=spacing, sigma_max=sigma_max,
+                    labels=labels,
                     guidance=guidance, guidance_interval=parse_interval(guidance_interval),
-                    dynamic_threshold=threshold, batch_size=batch_size, dist=dist, **options)
+                    dynamic_threshold=threshold, classifier=classifier, classifier_scale=classifier_scale,
+                    batch_size=batch_size, dist=dist, **options)
     dt = time.perf_counter() - t0
     if dist.is_main:
         click.echo(f"{write_samples(x, out, nrow=nrow)} ({dt:.1f} s, {1000 * dt / n:.1f} ms per sample)")
     distributed.teardown(dist)
+
+
+@cli.command(help=_help("invert", "DDIM inversion: map real test images to noise and back; saves "
+                                   "a grid of rows image / noise / reconstruction and prints the error."))
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--n", default=8, show_default=True, help="Test images to invert.")
+@click.option("--steps", default=50, show_default=True)
+@click.option("--spacing", default=None)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--out", "out", default="inversion.png", show_default=True)
+def invert(run_dir, n, steps, spacing, device, out):
+    import torch
+
+    from .data import load_dataset
+    from .images import save_grid
+    from .pipeline import load
+
+    pipe = load(run_dir, device=device)
+    data = pipe.config.data
+    test = load_dataset(data.name, split="test", image_size=data.image_size, channels=data.channels)
+    if test.kind == "points":
+        raise GenmodelsError("invert works on image runs; this run's data are 2-D points")
+    labels = test.y[:n] if pipe.net_num_classes is not None else None
+    noise, recon, rmse = pipe.invert(test.x[:n], steps=steps, spacing=spacing, labels=labels)
+    scale = noise.flatten(1).std(1).reshape(-1, 1, 1, 1)
+    save_grid(torch.cat([test.x[:n], (noise / scale).clamp(-1, 1), recon.clamp(-1, 1)]), out, nrow=n, scale=2)
+    click.echo(f"round-trip RMS error {rmse:.4f} (images in [-1, 1]) over {n} test images, {steps} steps -> {out}")
 
 
 # ---- data -----------------------------------------------------------------------------

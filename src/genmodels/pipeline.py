@@ -14,7 +14,7 @@ from . import build
 from .config import from_dict
 from .diffusion import sigma_grid
 from .errors import CheckpointError, ConfigError
-from .guidance import CFGDenoiser, DynamicThresholding
+from .guidance import CFGDenoiser, ClassifierGuidance, DynamicThresholding, NoisyClassifierOnVE
 from .samplers import SeededNoise, run_sampler
 from .train.checkpoint import load_weights
 from .train.distributed import Dist
@@ -22,7 +22,7 @@ from .train.distributed import Dist
 
 @torch.inference_mode()
 def generate(denoiser, path, *, shape, seeds, sampler="ddim", steps=50, eta=None, spacing=None,
-             labels=None, batch_size=64, device="cpu", progress=False, options=None,
+             sigma_max=None, labels=None, batch_size=64, device="cpu", progress=False, options=None,
              dist: Dist = Dist()) -> torch.Tensor:
     """Draw one sample per seed; sample i depends only on seeds[i] (and labels[i]).
 
@@ -36,7 +36,7 @@ def generate(denoiser, path, *, shape, seeds, sampler="ddim", steps=50, eta=None
     Starts from x_1 ~ N(0, 1) at the path's first grid time, in VE coordinates x = x_1 / alpha.
     Returns float32 on the CPU, shape [len(seeds), *shape].
     """
-    sigmas = sigma_grid(path, steps, **({} if spacing is None else {"spacing": spacing}))
+    sigmas = sigma_grid(path, steps, spacing=spacing, sigma_max=sigma_max)
     starts = range(0, len(seeds), batch_size)
     out = {}
     for start in starts[dist.rank::dist.world_size]:
@@ -70,9 +70,9 @@ class Pipeline:
     def denoiser(self):
         return build.make_denoiser(self.net, self.path, self.param)
 
-    def sample(self, n=64, *, seed=0, sampler="ddim", steps=50, eta=None, spacing=None,
+    def sample(self, n=64, *, seed=0, sampler="ddim", steps=50, eta=None, spacing=None, sigma_max=None,
                labels=None, guidance=1.0, guidance_interval=None, dynamic_threshold=None,
-               batch_size=64, progress=True, dist=Dist(),
+               classifier=None, classifier_scale=1.0, batch_size=64, progress=True, dist=Dist(),
                **options) -> torch.Tensor:
         """``n`` samples; sample i uses seed ``seed + i``. Images are clamped to [-1, 1].
 
@@ -80,33 +80,56 @@ class Pipeline:
         ``guidance``: classifier-free guidance scale w (1 = conditional, 0 = unconditional),
         ``guidance_interval=(sigma_lo, sigma_hi)`` limits it to those noise levels.
         ``dynamic_threshold``: Imagen's percentile (e.g. 0.995) for clipping x0.
+        ``classifier``: a ``load_classifier`` result (or its run directory) for classifier
+        guidance with ``classifier_scale``; works on unconditional models too.
         ``dist``: split the batches over the ranks of a torchrun launch (see ``generate``).
         Other keywords go to the sampler (``s_churn``, ``order``, ``rtol``, ...).
         """
         if n < 1:
             raise ConfigError(f"n must be >= 1, got {n}")
+        if isinstance(classifier, (str, Path)):
+            classifier = load_classifier(classifier, device=self.device)
         if labels is not None:
             labels = list(labels) if not isinstance(labels, int) else [labels] * n
-            if self.net_num_classes is None:
-                raise ConfigError("this model is not class-conditional; drop the class labels")
-            bad = [y for y in labels if not 0 <= int(y) < self.net_num_classes]
+            if self.net_num_classes is None and classifier is None:
+                raise ConfigError("this model is not class-conditional; drop the class labels or pass a classifier")
+            num_classes = self.net_num_classes or getattr(getattr(classifier, "net", None), "num_classes", None)
+            bad = [y for y in labels if not 0 <= int(y) < num_classes]
             if bad:
-                raise ConfigError(f"class {bad[0]} is out of range: this model has classes "
-                                  f"0..{self.net_num_classes - 1}")
+                raise ConfigError(f"class {bad[0]} is out of range: this model has classes 0..{num_classes - 1}")
             if len(labels) != n:
                 raise ConfigError(f"got {len(labels)} labels for {n} samples")
-        elif guidance != 1.0:
+        elif guidance != 1.0 or classifier is not None:
             raise ConfigError("guidance needs class labels: pass labels (CLI: --class K or --class all)")
         denoiser = self.denoiser
         if guidance != 1.0:
             denoiser = CFGDenoiser(denoiser, guidance, self.net_num_classes, interval=guidance_interval)
+        if classifier is not None:
+            denoiser = ClassifierGuidance(denoiser, classifier, classifier_scale,
+                                          conditional_denoiser=self.net_num_classes is not None)
         if dynamic_threshold is not None:
             denoiser = DynamicThresholding(denoiser, dynamic_threshold)
         x = generate(denoiser, self.path, shape=self.data_shape, seeds=range(seed, seed + n),
-                     sampler=sampler, steps=steps, eta=eta, spacing=spacing, labels=labels,
+                     sampler=sampler, steps=steps, eta=eta, spacing=spacing, sigma_max=sigma_max, labels=labels,
                      batch_size=batch_size, device=self.device, progress=progress, options=options,
                      dist=dist)
         return x.clamp(-1, 1) if len(self.data_shape) == 3 else x
+
+    @torch.inference_mode()
+    def invert(self, images, *, steps=50, spacing=None, labels=None):
+        """DDIM inversion: the noise that deterministic DDIM on the same grid maps to ``images``
+        ([-1, 1], NCHW); returns (noise in VE coordinates, reconstruction, RMS round-trip error)."""
+        from .samplers import ddim_invert, sample_ddim
+
+        x0 = torch.as_tensor(images, dtype=torch.float32).to(self.device)
+        if tuple(x0.shape[1:]) != tuple(self.data_shape):
+            raise ConfigError(f"images of shape {tuple(x0.shape[1:])} do not fit this model's "
+                              f"{tuple(self.data_shape)}")
+        sigmas = sigma_grid(self.path, steps, **({} if spacing is None else {"spacing": spacing}))
+        cond = {} if labels is None else {"y": torch.as_tensor(labels, device=self.device).long()}
+        noise = ddim_invert(self.denoiser, x0, sigmas, cond=cond)
+        recon = sample_ddim(self.denoiser, noise.clone(), sigmas, cond=cond)
+        return noise.cpu(), recon.cpu(), (recon - x0).square().mean().sqrt().item()
 
     @property
     def net_num_classes(self):
@@ -126,6 +149,30 @@ def read_run_config(run_dir) -> dict:
         raise CheckpointError(f"{path} is not valid JSON ({e})") from None
 
 
+def _load_net(run_dir, weights, *, family):
+    run_dir = Path(run_dir)
+    record = read_run_config(run_dir)
+    cfg = from_dict(record["config"])
+    if cfg.family != family:
+        hint = "load it with genmodels.load_classifier / --classifier" if cfg.family == "classifier" else \
+            "load it with genmodels.load"
+        raise ConfigError(f"'{run_dir}' holds a {cfg.family} run, not a {family}; {hint}")
+    net, path, param, _ = build.build_family(cfg, cfg.model.options)
+    files = {"ema": "ema.safetensors", "model": "model.safetensors"}
+    if weights not in files:
+        raise ConfigError(f"weights must be one of {', '.join(files)}, got '{weights}'")
+    load_weights({"net": net}, run_dir / files[weights])
+    return record, cfg, net, path, param
+
+
+def load_classifier(run_dir, *, device="auto", weights="ema"):
+    """A noise-aware classifier run (family: classifier) as ``classifier(x, sigma) -> logits`` on
+    VE states, ready for ``genmodels.guidance.ClassifierGuidance``."""
+    _, _, net, path, _ = _load_net(run_dir, weights, family="classifier")
+    net = net.to(build.resolve_device(device)).eval().requires_grad_(False)
+    return NoisyClassifierOnVE(net, path)
+
+
 def _device(device) -> torch.device:
     """A name (auto | cpu | cuda), or a torch.device as given (e.g. cuda:LOCAL_RANK under torchrun)."""
     return device if isinstance(device, torch.device) else build.resolve_device(device)
@@ -134,14 +181,8 @@ def _device(device) -> torch.device:
 def load(run_dir, *, device="auto", weights="ema") -> Pipeline:
     """Rebuild a trained model from ``run_dir`` (config.json + safetensors)."""
     run_dir = Path(run_dir)
-    record = read_run_config(run_dir)
-    cfg = from_dict(record["config"])
+    record, cfg, net, path, param = _load_net(run_dir, weights, family="diffusion")
     device = _device(device)
-    net, path, param, _ = build.build_diffusion(cfg, cfg.model.options)
-    files = {"ema": "ema.safetensors", "model": "model.safetensors"}
-    if weights not in files:
-        raise ConfigError(f"weights must be one of {', '.join(files)}, got '{weights}'")
-    load_weights({"net": net}, run_dir / files[weights])
     # The memory format the run trained in: convolutions round differently in channels_last,
     # and sampling in the same format keeps samples bit-identical to the trainer's previews.
     images = len(record["data_shape"]) == 3
