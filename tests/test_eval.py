@@ -18,7 +18,7 @@ from tests.conftest import TINY_UNET
 from tests.test_cli import assert_one_line_error, run_cli
 
 TINY_DIGITS = TINY_UNET + ["model.attn_resolutions=[]", "data.name=digits", "train.images=64", "train.batch_size=16",
-                           "train.device=cpu", "sample.steps=5"]
+                           "train.device=cpu", "sample.steps=5", "train.eval_every_images=32", "train.eval_n=20"]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,8 @@ def digits_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("eval") / "toy"
-    train(load_config("toy-ddpm", ["train.images=256", "train.device=cpu", "sample.steps=10"]), run)
+    train(load_config("toy-ddpm", ["train.images=512", "train.device=cpu", "sample.steps=10",
+                                   "train.eval_every_images=256", "train.eval_n=100"]), run)
     return run
 
 
@@ -117,6 +118,19 @@ def test_eval_toy_run(toy_run, capsys):
     for key in ("w1", "w2", "mmd", "modes_covered", "high_quality", "loglik", "loglik_data", "nll"):
         assert key in result, key
     assert result["modes"] == 8 and result["w1"] <= result["w2"] + 1e-12  # W1 <= W2 (Jensen)
+
+
+# ---- the trainer's proxy rows ------------------------------------------------------------
+def test_trainer_writes_proxy_rows(digits_run, toy_run):
+    def proxy_rows(run):
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [r for r in rows if r.get("eval") == "proxy"]
+
+    rows = proxy_rows(digits_run)
+    assert [r["images"] for r in rows] == [32, 64]
+    assert all(r["n"] == 20 and r["fd_cnn"] > 0 and "kid" in r for r in rows)
+    rows = proxy_rows(toy_run)
+    assert [r["images"] for r in rows] == [256, 512] and all(r["w2"] > 0 and "mmd" in r for r in rows)
 
 
 # ---- genmodels eval --real --fake --------------------------------------------------------

@@ -69,6 +69,8 @@ class TrainConfig:
     log_every_images: int = 3200
     sample_every_images: int = 50_000
     checkpoint_every_images: int = 50_000
+    eval_every_images: int | None = None  # "proxy" fd_cnn/KID (toy: W2/MMD) rows in metrics.jsonl; None = off
+    eval_n: int = 500  # samples per proxy evaluation
 
 
 @dataclass
@@ -104,6 +106,7 @@ CHOICES = {
 POSITIVE = {
     "diffusion.timesteps", "train.batch_size", "train.grad_accum", "train.lr", "train.images",
     "train.log_every_images", "train.sample_every_images", "train.checkpoint_every_images",
+    "train.eval_every_images", "train.eval_n",
     "sample.steps", "sample.n", "data.n_points",
 }
 

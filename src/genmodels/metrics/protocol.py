@@ -320,3 +320,43 @@ def _fmt(v) -> str:
     if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) < 1e6):
         return str(int(v))
     return f"{v:.4g}" if math.isfinite(v) else str(v)
+
+
+# ---- the trainer's proxy evaluation ----------------------------------------------------------
+PROXY_SEED = 10**9  # proxy samples use seeds PROXY_SEED + i: the same images at every row
+
+
+def proxy_evaluator(cfg, dataset, denoiser_fn, path, device, *, n):
+    """A callable for the trainer's ``evaluate`` hook, or None where no cheap judge exists.
+
+    Each call draws ``n`` samples from ``denoiser_fn()`` (the current EMA weights) with fixed
+    seeds and the preview's sampler settings, and returns a small "proxy" row: fd_cnn and KID
+    against the reference split for built-in image sets, W2 and MMD for toy sets. The feature
+    network and reference features are built here, before training, so no row stalls on them.
+    """
+    from ..pipeline import generate
+
+    images = dataset.kind == "image"
+    if images and cfg.data.name not in REFERENCE_SPLITS:
+        return None
+    if images:
+        net = feature_net(cfg.data.name)
+        reference = reference_features(cfg.data.name, net)
+    else:
+        reference = load_dataset(cfg.data.name, split="test", n_points=n, seed=0).x
+    labels = [i % dataset.num_classes for i in range(n)] if cfg.model.options.get("num_classes") else None
+
+    def evaluate() -> dict:
+        start = time.perf_counter()
+        x = generate(denoiser_fn(), path, shape=dataset.shape, seeds=range(PROXY_SEED, PROXY_SEED + n),
+                     sampler=cfg.sample.sampler, steps=min(cfg.sample.steps, 25), eta=cfg.sample.eta,
+                     labels=labels, device=device)
+        if images:
+            fake = net.features(x.clamp(-1, 1))
+            scores = {f"fd_{net.tag}": fd(reference, fake),
+                      "kid": kid(reference, fake, subsets=20, subset_size=min(n, 1000)).mean}
+        else:
+            scores = {"w2": wasserstein(reference, x, p=2), "mmd": mmd_rbf(reference, x)}
+        return {"eval": "proxy", "n": n, **scores, "eval_s": round(time.perf_counter() - start, 2)}
+
+    return evaluate

@@ -125,11 +125,17 @@ def prepare(cfg: Config, run_dir, *, resume=False, dist: Dist = Dist(), device=N
     shards = dist.shards(t.grad_accum)
     batches = [InfiniteBatches(on_device, micro_batch, seed=t.seed, rank=s, device=device,
                                world_size=dist.world_size * t.grad_accum) for s in shards]
+    evaluate = None
+    if t.eval_every_images and param is not None and dist.is_main:
+        from ..metrics.protocol import proxy_evaluator
+
+        evaluate = proxy_evaluator(cfg, dataset, lambda: build.make_denoiser(ema.module, path, param),
+                                   path, device, n=t.eval_n)
     trainer = Trainer(run_dir=run_dir, cfg=t, modules={"net": net},
                       phases=[Phase("denoiser", train_net, loss, optimizer, t.grad_clip)],
                       emas={"net": ema}, batches=batches, device=device,
                       preview=preview if param is not None else None,  # a classifier draws nothing
-                      generator_seed=t.seed, dist=dist, shards=shards)
+                      generator_seed=t.seed, dist=dist, shards=shards, evaluate=evaluate)
     if resume:
         trainer.load()
     if dist.is_main:

@@ -67,10 +67,11 @@ class Trainer:
 
     def __init__(self, *, run_dir, cfg, modules: dict, phases: list, emas: dict, batches: list,
                  device, preview=None, generator_seed=0, images_per_step=None, dist=Dist(),
-                 shards=None):
+                 shards=None, evaluate=None):
         self.run_dir, self.cfg = Path(run_dir), cfg
         self.modules, self.phases, self.emas, self.batches = modules, phases, emas, list(batches)
         self.device, self.preview, self.dist = torch.device(device), preview, dist
+        self.evaluate = evaluate  # () -> dict, a proxy-metrics row every cfg.eval_every_images
         self.shards = list(range(len(self.batches)) if shards is None else shards)
         self.num_shards = dist.world_size * len(self.batches)
         self.generators = [torch.Generator(self.device).manual_seed(derive_seed(generator_seed, NOISE_STREAM, s))
@@ -229,6 +230,12 @@ class Trainer:
                     self._mark("preview")
                     if dist.is_main:
                         self.preview(self.run_dir / "samples" / f"{self.progress.images_seen:09d}.png")
+                if self.evaluate is not None and cfg.eval_every_images and self._due("eval", cfg.eval_every_images):
+                    self._mark("eval")
+                    if dist.is_main:
+                        row = {"step": self.progress.step, "images": self.progress.images_seen, **self.evaluate()}
+                        with open(self.run_dir / "metrics.jsonl", "a") as f:
+                            f.write(json.dumps(row) + "\n")
                 if self._due("checkpoint", cfg.checkpoint_every_images):
                     self._mean_loss(loss_sum, loss_count)  # never checkpoint a diverged run
                     self._mark("checkpoint")
