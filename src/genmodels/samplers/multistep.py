@@ -15,23 +15,34 @@ def _lam(sigma):
     return -torch.log(sigma)
 
 
-def sample_dpmpp_2m(denoiser, x, sigmas, *, cond=None, callback=None, progress=False):
-    """DPM-Solver++(2M): x' = (s'/s) x - expm1(-h) D', with D' = (1 + 1/2r) x0 - (1/2r) x0_prev,
-    r = h_prev / h."""
-    state = {"denoised": None, "sigma": None}
+def _two_step(step):
+    """Adapt ``step(x, x0, sigma, sigma_next, h, r, x0_prev)`` to the loop: it tracks the previous
+    step's x0 and sigma, gives h = lambda' - lambda and r = h_prev / h (r and x0_prev are None on
+    the first step), and ends the last step, to sigma = 0, at x0."""
+    previous = []
 
-    def step(x, denoised, sigma, sigma_next):
-        prev, prev_sigma = state["denoised"], state["sigma"]
-        state.update(denoised=denoised, sigma=sigma)
+    def loop_step(x, denoised, sigma, sigma_next):
+        prev = previous[-1] if previous else None
+        previous[:] = [(denoised, sigma)]
         if sigma_next == 0:
             return denoised
         h = _lam(sigma_next) - _lam(sigma)
+        r = None if prev is None else (_lam(sigma) - _lam(prev[1])) / h
+        return step(x, denoised, sigma, sigma_next, h, r, None if prev is None else prev[0])
+
+    return loop_step
+
+
+def sample_dpmpp_2m(denoiser, x, sigmas, *, cond=None, callback=None, progress=False):
+    """DPM-Solver++(2M): x' = (s'/s) x - expm1(-h) D', with D' = (1 + 1/2r) x0 - (1/2r) x0_prev,
+    r = h_prev / h."""
+
+    def step(x, denoised, sigma, sigma_next, h, r, prev):
         if prev is not None:
-            r = (_lam(sigma) - _lam(prev_sigma)) / h
             denoised = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * prev
         return (sigma_next / sigma) * x - torch.expm1(-h) * denoised
 
-    return sample_loop(step, denoiser, x, sigmas, cond=cond, callback=callback, progress=progress)
+    return sample_loop(_two_step(step), denoiser, x, sigmas, cond=cond, callback=callback, progress=progress)
 
 
 def sample_dpmpp_2m_sde(denoiser, x, sigmas, *, eta=1.0, noise=None, cond=None, callback=None,
@@ -41,25 +52,18 @@ def sample_dpmpp_2m_sde(denoiser, x, sigmas, *, eta=1.0, noise=None, cond=None, 
          + s' sqrt(1 - e^(-2 eta h)) z.
     eta = 0 is a deterministic 2M variant."""
     noise = noise or (lambda: torch.randn_like(x))
-    state = {"denoised": None, "sigma": None}
 
-    def step(x, denoised, sigma, sigma_next):
-        prev, prev_sigma = state["denoised"], state["sigma"]
-        state.update(denoised=denoised, sigma=sigma)
-        if sigma_next == 0:
-            return denoised
-        h = _lam(sigma_next) - _lam(sigma)
+    def step(x, denoised, sigma, sigma_next, h, r, prev):
         eta_h = eta * h
         decay = -torch.expm1(-h - eta_h)
         x = (sigma_next / sigma) * torch.exp(-eta_h) * x + decay * denoised
         if prev is not None:
-            r = (_lam(sigma) - _lam(prev_sigma)) / h
             x = x + 0.5 * decay / r * (denoised - prev)
         if eta:
             x = x + noise() * sigma_next * (-torch.expm1(-2 * eta_h)).sqrt()
         return x
 
-    return sample_loop(step, denoiser, x, sigmas, cond=cond, callback=callback, progress=progress)
+    return sample_loop(_two_step(step), denoiser, x, sigmas, cond=cond, callback=callback, progress=progress)
 
 
 def _unipc_coefficients(h, rks, order):
