@@ -129,3 +129,24 @@ def test_ddpm_bound_step_subset_is_unbiased():
                         for s in range(400)])
     stderr = (part.var() / len(part) + full.var() / len(full)).sqrt()
     assert abs(part.mean() - full.mean()) < 4 * stderr
+
+
+@pytest.mark.slow
+def test_ddpm_bound_on_mnist_is_finite_and_falls_with_training(tmp_path, tiny_mnist_overrides):
+    from genmodels.config import load_config
+    from genmodels.data import load_dataset
+    from genmodels.pipeline import load
+    from genmodels.train.run import train
+
+    x = load_dataset("mnist", split="test").x[:8].double()
+    bounds = []
+    for images in (16, 1600):
+        run = tmp_path / f"r{images}"
+        train(load_config("mnist-ddpm", tiny_mnist_overrides + [f"train.images={images}",
+                                                               "train.log_every_images=1600"]), run)
+        pipe = load(run, device="cpu", weights="model")
+        # the same 40 of the 1000 steps and the same noise for both: common random numbers
+        bound = ddpm_vlb(pipe.denoiser, pipe.path, x, steps=40, generator=torch.Generator().manual_seed(0))
+        assert torch.isfinite(bound.bits_per_dim).all()
+        bounds.append(bound.bits_per_dim.mean().item())
+    assert bounds[1] < 0.8 * bounds[0], bounds
