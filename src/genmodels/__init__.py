@@ -17,4 +17,12 @@ def load_classifier(run_dir, **kwargs):
     return _load_classifier(run_dir, **kwargs)
 
 
-__all__ = ["__version__", "load", "load_classifier"]
+def evaluate(run_dir, **kwargs):
+    """Score a run by the evaluation protocol (docs/EVALUATION.md):
+    ``genmodels.evaluate("runs/mnist", metrics=["fd_cnn", "kid"], n=1000, seeds=[0, 1]).mean``."""
+    from .metrics.protocol import evaluate_run
+
+    return evaluate_run(run_dir, **kwargs)
+
+
+__all__ = ["__version__", "load", "load_classifier", "evaluate"]
