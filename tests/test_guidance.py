@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from genmodels.diffusion import DiscreteDDPM, NetDenoiser, PARAMETERIZATIONS
-from genmodels.guidance import CFGDenoiser, ClassifierGuidance, DynamicThresholding
+from genmodels.diffusion.guidance import CFGDenoiser, ClassifierGuidance, DynamicThresholding
 from genmodels.nn import UNet
 from genmodels.objectives import DiffusionObjective
 

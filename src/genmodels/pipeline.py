@@ -14,7 +14,7 @@ from . import build
 from .config import from_dict
 from .diffusion import sigma_grid
 from .errors import CheckpointError, ConfigError
-from .guidance import CFGDenoiser, ClassifierGuidance, DynamicThresholding, NoisyClassifierOnVE
+from .diffusion.guidance import CFGDenoiser, ClassifierGuidance, DynamicThresholding, NoisyClassifierOnVE
 from .samplers import SeededNoise, run_sampler
 from .train.checkpoint import load_weights
 from .train.distributed import Dist
@@ -167,7 +167,7 @@ def _load_net(run_dir, weights, *, family):
 
 def load_classifier(run_dir, *, device="auto", weights="ema"):
     """A noise-aware classifier run (family: classifier) as ``classifier(x, sigma) -> logits`` on
-    VE states, ready for ``genmodels.guidance.ClassifierGuidance``."""
+    VE states, ready for ``genmodels.diffusion.guidance.ClassifierGuidance``."""
     _, _, net, path, _ = _load_net(run_dir, weights, family="classifier")
     net = net.to(build.resolve_device(device)).eval().requires_grad_(False)
     return NoisyClassifierOnVE(net, path)

@@ -15,7 +15,7 @@ model, w = 0 the unconditional one, w > 1 extrapolates away from the uncondition
 import torch
 from torch import nn
 
-from .diffusion.denoiser import expand_like
+from .denoiser import expand_like
 
 
 class CFGDenoiser(nn.Module):
