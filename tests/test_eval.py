@@ -166,3 +166,11 @@ def test_eval_errors_are_one_line(tmp_path, digits_run, capsys):
     for args, fragments in cases:
         code, _, err = run_cli(args, capsys)
         assert_one_line_error(code, err, *fragments)
+
+
+def test_eval_nll_by_the_ode_on_a_ddpm_run(digits_run, capsys):
+    code, out, err = run_cli(["eval", digits_run, "--metrics", "nll", "--nll-method", "ode", "--nll-n", "2",
+                              "--seeds", "0", "--no-log", "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["nll_method"] == "ode" and result["nll_nfe"] > 10 and 0 < result["nll_bpd"] < 100

@@ -67,12 +67,14 @@ def _seeds(text: str) -> list[int]:
 @click.option("--nll-n", default=64, show_default=True, help="Held-out images for nll.")
 @click.option("--nll-steps", default=None, type=int,
               help="DDPM bound from this many of its T steps (unbiased estimate); default all.")
+@click.option("--nll-method", type=click.Choice(["auto", "vlb", "ode"]), default="auto", show_default=True,
+              help="auto: the DDPM bound for discrete DDPM runs, the PF-ODE otherwise.")
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object, metrics at the top level.")
 @click.option("--no-log", is_flag=True, help="Do not append to the run's metrics.jsonl.")
 def run(run_dir, metrics, n, seeds, real, fake, features, sampler, steps, eta, weights, nll_n,
-        nll_steps, batch_size, device, as_json, no_log):
+        nll_steps, nll_method, batch_size, device, as_json, no_log):
     if (real is None) != (fake is None):
         raise ConfigError("give both --real and --fake, or a RUN_DIR")
     if real is not None:
@@ -85,7 +87,8 @@ def run(run_dir, metrics, n, seeds, real, fake, features, sampler, steps, eta, w
 
     result = evaluate_run(run_dir, metrics=metrics, n=n, seeds=_seeds(seeds), sampler=sampler,
                           steps=steps, eta=eta, features=features, weights=weights, nll_n=nll_n,
-                          nll_steps=nll_steps, batch_size=batch_size, device=device, log=not no_log)
+                          nll_steps=nll_steps, nll_method=nll_method, batch_size=batch_size,
+                          device=device, log=not no_log)
     if as_json:
         click.echo(json.dumps(result.as_json()))
         return

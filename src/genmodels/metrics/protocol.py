@@ -180,10 +180,12 @@ def summarize(per_seed: list[dict]) -> tuple[dict, dict]:
 
 
 def evaluate_run(run_dir, *, metrics=None, n=5000, seeds=(0, 1, 2), sampler=None, steps=None,
-                 eta=None, features=None, weights="ema", nll_n=64, nll_steps=None, batch_size=64,
-                 device="auto", progress=True, log=True, proxy=False) -> EvalResult:
+                 eta=None, features=None, weights="ema", nll_n=64, nll_steps=None, nll_method="auto",
+                 batch_size=64, device="auto", progress=True, log=True, proxy=False) -> EvalResult:
     """Sample run ``run_dir`` per the protocol and score it; appends a row to its metrics.jsonl
-    (unless ``log`` is False). ``nll_steps`` K estimates the DDPM bound from K of its T steps."""
+    (unless ``log`` is False). ``nll_steps`` K estimates the DDPM bound from K of its T steps;
+    ``nll_method`` "auto" takes the bound for discrete DDPM paths and the PF-ODE otherwise,
+    "ode" forces the PF-ODE (a DDPM net is then queried between its steps)."""
     from ..pipeline import load
 
     pipe = load(run_dir, device=device, weights=weights)
@@ -204,6 +206,8 @@ def evaluate_run(run_dir, *, metrics=None, n=5000, seeds=(0, 1, 2), sampler=None
     timings = {}
     protocol = {"run": str(run_dir), "images_seen": _images_seen(run_dir), "weights": weights,
                 "n": n, "seeds": list(seeds), **sampling, "metrics": list(metrics), "proxy": proxy}
+    if "nll" in metrics:
+        protocol.update(nll_n=nll_n, nll_steps=nll_steps, nll_method=nll_method)
 
     if images:
         net, reference = _image_reference(cfg.data.name, features, progress)
@@ -236,7 +240,8 @@ def evaluate_run(run_dir, *, metrics=None, n=5000, seeds=(0, 1, 2), sampler=None
             timings["toy"] = timings.get("toy", 0.0) + time.perf_counter() - start
         if "nll" in metrics:
             start = time.perf_counter()
-            row.update(_nll(pipe, nll_n=nll_n, nll_steps=nll_steps, seed=seed, progress=progress))
+            row.update(_nll(pipe, nll_n=nll_n, nll_steps=nll_steps, method=nll_method, seed=seed,
+                            progress=progress))
             timings["nll"] = timings.get("nll", 0.0) + time.perf_counter() - start
         per_seed.append(row)
     mean, std = summarize(per_seed)
@@ -259,7 +264,7 @@ def _image_reference(dataset, features, progress):
     return net, reference_features(dataset, net, progress=progress)
 
 
-def _nll(pipe, *, nll_n, nll_steps, seed, progress) -> dict:
+def _nll(pipe, *, nll_n, nll_steps, method, seed, progress) -> dict:
     """Likelihood of held-out data: the DDPM bound, or the PF-ODE on dequantized data."""
     from ..diffusion import DiscreteDDPM
 
@@ -274,7 +279,11 @@ def _nll(pipe, *, nll_n, nll_steps, seed, progress) -> dict:
     x = test.x[:nll_n].to(pipe.device)
     cond = {"y": test.y[:nll_n].to(pipe.device)} if pipe.net_num_classes is not None else None
     path = pipe.path
-    if images and isinstance(path, DiscreteDDPM):
+    if method not in ("auto", "vlb", "ode"):
+        raise ConfigError(f"nll method must be auto, vlb or ode, got {method!r}")
+    if method == "vlb" and not (images and isinstance(path, DiscreteDDPM)):
+        raise ConfigError("the variational bound needs an image model on a discrete DDPM path; use ode")
+    if method != "ode" and images and isinstance(path, DiscreteDDPM):
         bound = ddpm_vlb(pipe.denoiser, path, x, cond=cond, steps=nll_steps, generator=g, progress=progress)
         return {"nll_bpd": bound.bits_per_dim.mean().item()}
     sigma_min = path.to_sigma(torch.tensor(path.t_min, dtype=torch.float64)).item()
