@@ -72,8 +72,11 @@ def build_diffusion(cfg, options: dict):
         raise ConfigError("diffusion.label_dropout needs a class-conditional net: set model.num_classes=auto")
     if not 0 <= label_dropout < 1:
         raise ConfigError(f"diffusion.label_dropout must lie in [0, 1), got {label_dropout}")
+    if param.name == "velocity" and cfg.diffusion.path != "rectified_flow":
+        raise ConfigError("diffusion.prediction=velocity is the straight path's; use "
+                          "diffusion.path=rectified_flow (or prediction eps | x0 | v)")
     objective = DiffusionObjective(path, param, cfg.diffusion.min_snr_gamma, label_dropout,
-                                   options.get("num_classes"))
+                                   options.get("num_classes"), cfg.diffusion.coupling)
     return net, path, param, objective
 
 

@@ -36,14 +36,16 @@ class ModelConfig:
 
 @dataclass
 class DiffusionConfig:
-    path: str = "ddpm"  # ddpm (discrete, T steps) | vp (continuous)
+    path: str = "ddpm"  # ddpm (discrete, T steps) | vp (continuous) | rectified_flow (x_t = (1-t) x0 + t noise)
     schedule: str = "linear"  # ddpm beta schedule: linear | cosine
     timesteps: int = 1000
     beta_start: float = 1e-4  # linear ddpm schedule
     beta_end: float = 0.02
     beta_min: float = 0.1  # continuous vp path
     beta_max: float = 20.0
-    prediction: str = "eps"  # what the network predicts: eps | x0 | v
+    prediction: str = "eps"  # what the network predicts: eps | x0 | v | velocity (rectified flow)
+    t_sampling: str = "uniform"  # rectified flow's training times: uniform | logit_normal
+    coupling: str = "independent"  # noise-data pairing per batch: independent | ot (exact) | sinkhorn
     min_snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (Hang et al. 2023); None = plain MSE
     label_dropout: float = 0.0  # class-conditional nets: P(label -> null class), for classifier-free guidance
 
@@ -97,9 +99,11 @@ class Config:
 # checked by their own registries, which know the full list.
 CHOICES = {
     "family": ("diffusion", "classifier"),
-    "diffusion.path": ("ddpm", "vp"),
+    "diffusion.path": ("ddpm", "vp", "rectified_flow"),
+    "diffusion.t_sampling": ("uniform", "logit_normal"),
+    "diffusion.coupling": ("independent", "ot", "sinkhorn"),
     "diffusion.schedule": ("linear", "cosine"),
-    "diffusion.prediction": ("eps", "x0", "v"),
+    "diffusion.prediction": ("eps", "x0", "v", "velocity"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("auto", "fp32", "bf16"),
 }

@@ -62,7 +62,26 @@ class VPrediction:
         return ((alpha**2 + sigma**2) / sigma) ** 2
 
 
-PARAMETERIZATIONS = {"eps": EpsPrediction(), "x0": X0Prediction(), "v": VPrediction()}
+@dataclass(frozen=True)
+class VelocityPrediction:
+    """The flow-matching velocity u = dx_t/dt = noise - x0 of the straight path
+    x_t = (1 - t) x0 + t noise (alpha = 1 - sigma), so x0 = x_t - sigma u. Only for paths with
+    alpha + sigma = 1 (rectified flow); ``build`` checks."""
+
+    name: str = "velocity"
+
+    def target(self, *, x0, noise, alpha, sigma):
+        return noise - x0
+
+    def denoised(self, out, *, x_t, alpha, sigma):
+        return x_t - sigma * out
+
+    def x0_error_scale(self, alpha, sigma):
+        return 1 / sigma**2
+
+
+PARAMETERIZATIONS = {"eps": EpsPrediction(), "x0": X0Prediction(), "v": VPrediction(),
+                     "velocity": VelocityPrediction()}
 
 
 def get_parameterization(name: str):

@@ -188,6 +188,58 @@ class ContinuousVP(GaussianPath):
         return torch.linspace(1.0, self.t_min, steps, dtype=torch.float64)
 
 
+class RectifiedFlow(GaussianPath):
+    """The straight path of rectified flow and I-CFM (Liu et al. 2022; Lipman et al. 2023;
+    Tong et al. 2024): x_t = (1 - t) x0 + t noise, t = 0 data. Not variance preserving.
+
+    In VE coordinates s = t / (1 - t) and alpha = 1 / (1 + s). s is infinite at t = 1, so the
+    path stops at ``t_max`` = 1 - 1e-3 (s = 999): samplers start there from x_VE = noise / (1 -
+    t_max), i.e. x_t = noise, neglecting the data's 1e-3 share of x_t. ``c_noise = 1000 t``.
+    ``t_sampling``: ``uniform`` or ``logit_normal`` (Esser et al. 2024, sigmoid of N(0, 1)).
+    """
+
+    def __init__(self, *, t_sampling="uniform", t_max=1 - 1e-3):
+        if t_sampling not in ("uniform", "logit_normal"):
+            raise ConfigError(f"unknown t sampling '{t_sampling}'; allowed: uniform, logit_normal")
+        self.t_sampling, self.t_max, self.t_min = t_sampling, t_max, 0.0
+
+    def alpha(self, t):
+        t = _as_tensor(t)
+        return 1 - t.clamp(max=self.t_max)
+
+    def sigma(self, t):
+        t = _as_tensor(t)
+        return t.clamp(max=self.t_max)
+
+    def to_sigma(self, t):
+        t = _as_tensor(t).clamp(max=self.t_max)
+        return t / (1 - t)
+
+    def from_sigma(self, s):
+        s = _as_tensor(s)
+        return s / (1 + s)
+
+    def alpha_from_sigma(self, s):
+        s = _as_tensor(s)
+        return 1 / (1 + s)
+
+    def c_noise(self, t):
+        return 1000 * _as_tensor(t)
+
+    def sample_t(self, n, *, generator, device):
+        if self.t_sampling == "logit_normal":
+            return torch.sigmoid(torch.randn((n,), generator=generator, device=device)).clamp(max=self.t_max)
+        return torch.rand((n,), generator=generator, device=device) * self.t_max
+
+    def grid(self, steps, *, spacing="linspace"):
+        """``steps`` times from t_max down, uniform in t (the last step then goes to t = 0)."""
+        if steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {steps}")
+        if spacing not in ("linspace", "leading", "trailing"):
+            raise ConfigError(f"unknown timestep spacing '{spacing}'; allowed: leading, trailing, linspace")
+        return torch.linspace(self.t_max, 0, steps + 1, dtype=torch.float64)[:-1]
+
+
 def cosine_betas(timesteps: int, *, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
     """Nichol & Dhariwal 2021, Eq. 17: beta_n = 1 - alpha_bar((n+1)/T) / alpha_bar(n/T)."""
 
@@ -205,4 +257,6 @@ def build_path(cfg) -> GaussianPath:
                             beta_start=cfg.beta_start, beta_end=cfg.beta_end)
     if cfg.path == "vp":
         return ContinuousVP(beta_min=cfg.beta_min, beta_max=cfg.beta_max)
-    raise ConfigError(f"unknown diffusion path '{cfg.path}'; allowed: ddpm, vp")
+    if cfg.path == "rectified_flow":
+        return RectifiedFlow(t_sampling=cfg.t_sampling)
+    raise ConfigError(f"unknown diffusion path '{cfg.path}'; allowed: ddpm, vp, rectified_flow")

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .couplings import couple
+
 
 @dataclass
 class DiffusionObjective:
@@ -13,6 +15,7 @@ class DiffusionObjective:
     min_snr_gamma: float | None = None
     label_dropout: float = 0.0  # P(label -> null_label): trains the unconditional model too (CFG)
     null_label: int | None = None
+    coupling: str = "independent"  # noise-data pairing (couplings.py): OT-CFM when "ot"
 
     def weight(self, alpha, sigma):
         """Min-SNR-gamma (Hang et al. 2023, Eq. 10): x0-error weight min(SNR, gamma), expressed on
@@ -31,6 +34,7 @@ class DiffusionObjective:
         x0 = batch["x"]
         t = self.path.sample_t(x0.shape[0], generator=generator, device=x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        noise = couple(x0, noise, self.coupling, generator=generator)
         x_t, alpha, sigma = self.path.add_noise(x0, noise, t)
         cond = {"y": self.drop_labels(batch["y"], generator)} if "y" in batch else {}
         out = net(x_t, self.path.c_noise(t).to(x0.dtype), **cond)
