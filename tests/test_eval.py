@@ -2,6 +2,7 @@
 ordering of fd_cnn on MNIST, `genmodels eval` on runs and on image sets, and its errors."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 
 from genmodels.config import load_config
 from genmodels.data import load_dataset
+from genmodels.errors import DataError
 from genmodels.images import save_images, save_npz
 from genmodels.metrics import fd, feature_net
 from genmodels.metrics.features import (_read_info, dataset_feature_cnn, feature_cnn_path,
@@ -174,3 +176,33 @@ def test_eval_nll_by_the_ode_on_a_ddpm_run(digits_run, capsys):
     assert code == 0, err
     result = json.loads(out)
     assert result["nll_method"] == "ode" and result["nll_nfe"] > 10 and 0 < result["nll_bpd"] < 100
+
+
+class _InceptionStandIn(torch.nn.Module):
+    """The calling convention of the TorchScript Inception export: uint8-range RGB in, features out."""
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        assert x.shape[1:] == (3, 299, 299)
+        return F.adaptive_avg_pool2d(x / 255.0, 4).flatten(1)
+
+
+def test_torchscript_feature_networks(tmp_path):
+    from genmodels.metrics import compare_images
+
+    real = load_dataset("digits", split="test").x[:40]
+    fake = torch.flip(real, dims=[2])
+    with warnings.catch_warnings():  # torch 2.x deprecates TorchScript; the Inception exports use it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(_InceptionStandIn()).save(str(tmp_path / "inception-2015-12-05.pt"))
+    scores = compare_images(real, fake, features=str(tmp_path / "inception-2015-12-05.pt"),
+                            metrics=["fd_cnn", "kid"], progress=False)
+    assert scores["features"].startswith("Inception") and scores["fd_inception"] > 0
+    # any other TorchScript file must say what input size it takes
+    other = tmp_path / "other.pt"
+    other.write_bytes((tmp_path / "inception-2015-12-05.pt").read_bytes())
+    with pytest.raises(DataError, match="image_shape"):
+        compare_images(real, fake, features=str(other), progress=False)
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a TorchScript archive")
+    with pytest.raises(DataError, match="TorchScript"):
+        compare_images(real, fake, features=str(junk), progress=False)

@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -324,7 +325,9 @@ def weights_hash(module: nn.Module) -> str:
 
 def torchscript_feature_net(path: Path) -> FeatureNet:
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():  # deprecated in torch 2.x, but the Inception exports are TorchScript
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
     except Exception as err:  # torch raises RuntimeError, ValueError, zipfile errors ...
         raise DataError(f"cannot load {path} as a TorchScript feature network ({type(err).__name__}: "
                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
