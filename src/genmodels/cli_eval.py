@@ -95,10 +95,13 @@ def run(run_dir, metrics, n, seeds, real, fake, features, sampler, steps, eta, w
     p = result.protocol
     if "features" in p:
         click.echo(f"features: {p['features']}; reference: {p['reference']}")
-    else:
+    elif "reference" in p:
         click.echo(f"reference: {p['reference']}")
-    click.echo(f"{p['n']} samples x seeds {p['seeds']} ({p['sampler']}, {p['steps']} steps, "
-               f"{p['weights']} weights, {p['images_seen'] or 0:,} training images); mean +- std over seeds:")
+    what = [f"{p['n']} samples per seed ({p['sampler']}, {p['steps']} steps)"] if "reference" in p else []
+    if "nll_n" in p:
+        what.append(f"nll of {p['nll_n']} held-out items ({p['nll_method']})")
+    click.echo(f"{'; '.join(what)}; seeds {p['seeds']}, {p['weights']} weights, "
+               f"{p['images_seen'] or 0:,} training images; mean +- std over seeds:")
     click.echo(format_table(result.mean, result.std))
     click.echo("times: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items()))
 

@@ -209,11 +209,12 @@ def evaluate_run(run_dir, *, metrics=None, n=5000, seeds=(0, 1, 2), sampler=None
     if "nll" in metrics:
         protocol.update(nll_n=nll_n, nll_steps=nll_steps, nll_method=nll_method)
 
-    if images:
+    sample_metrics = [m for m in metrics if m != "nll"]
+    if images and sample_metrics:
         net, reference = _image_reference(cfg.data.name, features, progress)
         protocol.update(features=net.name, reference=f"{cfg.data.name} {REFERENCE_SPLITS.get(cfg.data.name)} "
                                                       f"({len(reference)} images)")
-    else:
+    elif sample_metrics:  # toy 2-D
         dist = TOY_DISTRIBUTIONS[cfg.data.name]
         reference = load_dataset(cfg.data.name, split="test", n_points=n, seed=0).x
         protocol.update(reference=f"{cfg.data.name}: {n} fresh points (test stream, seed 0)")
@@ -222,11 +223,11 @@ def evaluate_run(run_dir, *, metrics=None, n=5000, seeds=(0, 1, 2), sampler=None
     for seed in seeds:
         row = {}
         labels = [i % pipe.net_num_classes for i in range(n)] if conditional else None
-        start = time.perf_counter()
-        x = pipe.sample(n, seed=seed * SEED_STRIDE, labels=labels, batch_size=batch_size,
-                        progress=progress, **sampling)
-        timings["sampling"] = timings.get("sampling", 0.0) + time.perf_counter() - start
-        sample_metrics = [m for m in metrics if m != "nll"]
+        if sample_metrics:  # nll alone needs no samples
+            start = time.perf_counter()
+            x = pipe.sample(n, seed=seed * SEED_STRIDE, labels=labels, batch_size=batch_size,
+                            progress=progress, **sampling)
+            timings["sampling"] = timings.get("sampling", 0.0) + time.perf_counter() - start
         if images and sample_metrics:
             start = time.perf_counter()
             fake_f, fake_logits = net.features_and_logits(x, progress=progress)
