@@ -132,7 +132,7 @@ def test_unknown_name_and_split_list_the_choices():
 def test_dataset_repr_is_short_and_names_are_listed():
     data = load_dataset("moons", n_points=10)
     assert "n=10" in repr(data) and len(repr(data)) < 200
-    assert {"mnist", "fashion", "digits", "folder:PATH", *TOY_DISTRIBUTIONS} == set(DATASET_NAMES)
+    assert {"mnist", "fashion", "digits", "folder:PATH", "pairs:FILE.npz", *TOY_DISTRIBUTIONS} == set(DATASET_NAMES)
 
 
 # ---------------------------------------------------------------- image folders
@@ -396,3 +396,16 @@ def test_no_warnings_from_loading_builtins():
         warnings.simplefilter("error")
         load_dataset("digits", split="test", image_size=16)
         load_dataset("mnist", split="test")
+
+
+def test_pairs_files_load_with_their_noise_and_bad_ones_are_named(tmp_path):
+    good = tmp_path / "p.npz"
+    np.savez(good, x=np.ones((6, 2), np.float32), noise=np.zeros((6, 2), np.float32))
+    data = load_dataset(f"pairs:{good}")
+    assert data.kind == "points" and data.noise.shape == (6, 2) and data.y is None
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.ones((6, 2), np.float32), noise=np.zeros((5, 2), np.float32))
+    with pytest.raises(DataError, match="bad.npz.*x has shape"):
+        load_dataset(f"pairs:{bad}")
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset(f"pairs:{tmp_path / 'missing.npz'}")

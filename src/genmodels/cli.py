@@ -20,6 +20,8 @@ EXAMPLES = {
               "  genmodels sample runs/mnist --n 16 --out pngs/           (one PNG per sample)",
     "show": "genmodels data show mnist --out mnist.png\n  genmodels data show 8gaussians --out toy.png",
     "demo": "genmodels demo --minutes 10 --out runs/demo",
+    "reflow": "genmodels reflow runs/flow --pairs 20000 --out runs/flow2 train.images=300000\n"
+              "  genmodels reflow runs/flow2 --distill --out runs/flow2-1step",
     "invert": "genmodels invert runs/mnist --n 8 --steps 50 --out inversion.png",
     "report": "genmodels report runs/mnist",
 }
@@ -204,6 +206,25 @@ def invert(run_dir, n, steps, spacing, device, out):
     scale = noise.flatten(1).std(1).reshape(-1, 1, 1, 1)
     save_grid(torch.cat([test.x[:n], (noise / scale).clamp(-1, 1), recon.clamp(-1, 1)]), out, nrow=n, scale=2)
     click.echo(f"round-trip RMS error {rmse:.4f} (images in [-1, 1]) over {n} test images, {steps} steps -> {out}")
+
+
+@cli.command(help=_help("reflow", "Rectified flow's reflow: draw (noise, sample) pairs with a trained "
+                                   "flow, train the next flow on them from its weights (or distil a "
+                                   "one-step generator), and report straightness before and after."))
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("overrides", nargs=-1)
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="The new run directory.")
+@click.option("--pairs", default=10_000, show_default=True, help="ODE pairs to draw (saved beside --out).")
+@click.option("--steps", default=100, show_default=True, help="Euler steps per pair.")
+@click.option("--images", default=None, type=int, help="Training images for the new run (train.images).")
+@click.option("--distill", is_flag=True, help="Train a one-step generator (t = 1 only) on the pairs.")
+def reflow(run_dir, overrides, out, pairs, steps, images, distill):
+    from .reflow import reflow as run_reflow
+
+    result = run_reflow(run_dir, out, pairs=pairs, steps=steps, images=images, distill=distill,
+                        overrides=list(overrides))
+    click.echo(f"straightness {result.straightness_before:.4f} -> {result.straightness_after:.4f} "
+               f"(20-step Euler, 1,000 samples); pairs: {result.pairs_file}; run: {result.run_dir}")
 
 
 # ---- data -----------------------------------------------------------------------------

@@ -44,7 +44,7 @@ class DiffusionConfig:
     beta_min: float = 0.1  # continuous vp path
     beta_max: float = 20.0
     prediction: str = "eps"  # what the network predicts: eps | x0 | v | velocity (rectified flow)
-    t_sampling: str = "uniform"  # rectified flow's training times: uniform | logit_normal
+    t_sampling: str = "uniform"  # rectified flow's training times: uniform | logit_normal | max (distil)
     coupling: str = "independent"  # noise-data pairing per batch: independent | ot (exact) | sinkhorn
     min_snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (Hang et al. 2023); None = plain MSE
     label_dropout: float = 0.0  # class-conditional nets: P(label -> null class), for classifier-free guidance
@@ -60,6 +60,7 @@ class TrainConfig:
     adam_beta2: float = 0.999
     warmup_images: int = 0  # linear learning-rate warm-up
     grad_clip: float | None = 1.0  # max global gradient norm; None = no clipping
+    init_from: str | None = None  # start from these weights (a run directory's EMA, or a .safetensors file)
     ema_halflife_images: float = 50_000.0  # EMA half-life counted in training images (EDM)
     ema_rampup: float | None = 0.05  # half-life <= rampup * images seen, so early EMA is not stale
     images: int = 1_000_000  # stop after this many training images ...
@@ -100,7 +101,7 @@ class Config:
 CHOICES = {
     "family": ("diffusion", "classifier"),
     "diffusion.path": ("ddpm", "vp", "rectified_flow"),
-    "diffusion.t_sampling": ("uniform", "logit_normal"),
+    "diffusion.t_sampling": ("uniform", "logit_normal", "max"),
     "diffusion.coupling": ("independent", "ot", "sinkhorn"),
     "diffusion.schedule": ("linear", "cosine"),
     "diffusion.prediction": ("eps", "x0", "v", "velocity"),

@@ -73,6 +73,7 @@ class Dataset:
     y: Tensor | None
     class_names: tuple[str, ...]
     kind: str
+    noise: Tensor | None = None  # pairs: the noise each x was generated from (reflow)
 
     def __post_init__(self):
         if self.y is not None and len(self.y) != len(self.x):
@@ -117,6 +118,8 @@ def load_dataset(
         raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if name in TOY_DISTRIBUTIONS:
         return _load_toy(name, split=split, n_points=n_points, seed=seed)
+    if name.startswith("pairs:"):
+        return _load_pairs(name[len("pairs:"):])
     if name.startswith("folder:"):
         return _load_folder(
             name, split=split, image_size=image_size, channels=channels, skip_bad=skip_bad
@@ -229,7 +232,23 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 
 _BUILTIN_IMAGE_SETS = {"mnist": _load_mnist, "fashion": _load_fashion, "digits": _load_digits}
-DATASET_NAMES: tuple[str, ...] = (*_BUILTIN_IMAGE_SETS, *TOY_DISTRIBUTIONS, "folder:PATH")
+DATASET_NAMES: tuple[str, ...] = (*_BUILTIN_IMAGE_SETS, *TOY_DISTRIBUTIONS, "folder:PATH", "pairs:FILE.npz")
+
+
+def _load_pairs(path: str) -> Dataset:
+    """(sample, noise) pairs written by ``genmodels reflow``: an npz with float32 ``x`` and
+    ``noise`` of equal shape [N, ...]; every split is the whole file."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise DataError(f"pairs file '{file}' does not exist (genmodels reflow writes one)")
+    try:
+        with np.load(file) as arrays:
+            x, noise = torch.from_numpy(arrays["x"]).float(), torch.from_numpy(arrays["noise"]).float()
+    except (KeyError, ValueError, OSError) as e:
+        raise DataError(f"pairs file '{file}' must hold arrays 'x' and 'noise' ({e})") from None
+    if x.shape != noise.shape:
+        raise DataError(f"pairs file '{file}': x has shape {tuple(x.shape)} but noise {tuple(noise.shape)}")
+    return Dataset(f"pairs:{file}", x, None, (), "image" if x.ndim == 4 else "points", noise)
 
 
 def _balanced_split(labels: np.ndarray, split: str) -> np.ndarray:

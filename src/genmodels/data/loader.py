@@ -50,6 +50,8 @@ class InfiniteBatches:
         _check_sharding(len(dataset.x), batch_size, rank, world_size)
         self.x = dataset.x.to(device)
         self.y = None if dataset.y is None else dataset.y.to(device)
+        noise = getattr(dataset, "noise", None)
+        self.noise = None if noise is None else noise.to(device)
         self.batch_size = batch_size
         self.seed = seed
         self.rank = rank
@@ -71,6 +73,8 @@ class InfiniteBatches:
         batch = {"x": self.x[index]}
         if self.y is not None:
             batch["y"] = self.y[index]
+        if self.noise is not None:
+            batch["noise"] = self.noise[index]
         return batch
 
     def state_dict(self) -> dict[str, int]:

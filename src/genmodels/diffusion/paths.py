@@ -195,12 +195,13 @@ class RectifiedFlow(GaussianPath):
     In VE coordinates s = t / (1 - t) and alpha = 1 / (1 + s). s is infinite at t = 1, so the
     path stops at ``t_max`` = 1 - 1e-3 (s = 999): samplers start there from x_VE = noise / (1 -
     t_max), i.e. x_t = noise, neglecting the data's 1e-3 share of x_t. ``c_noise = 1000 t``.
-    ``t_sampling``: ``uniform`` or ``logit_normal`` (Esser et al. 2024, sigmoid of N(0, 1)).
+    ``t_sampling``: ``uniform``, ``logit_normal`` (Esser et al. 2024, sigmoid of N(0, 1)) or
+    ``max`` (t = t_max only: distils the flow into a one-step generator, Liu et al. Sec. 2.3).
     """
 
     def __init__(self, *, t_sampling="uniform", t_max=1 - 1e-3):
-        if t_sampling not in ("uniform", "logit_normal"):
-            raise ConfigError(f"unknown t sampling '{t_sampling}'; allowed: uniform, logit_normal")
+        if t_sampling not in ("uniform", "logit_normal", "max"):
+            raise ConfigError(f"unknown t sampling '{t_sampling}'; allowed: uniform, logit_normal, max")
         self.t_sampling, self.t_max, self.t_min = t_sampling, t_max, 0.0
 
     def alpha(self, t):
@@ -227,6 +228,8 @@ class RectifiedFlow(GaussianPath):
         return 1000 * _as_tensor(t)
 
     def sample_t(self, n, *, generator, device):
+        if self.t_sampling == "max":  # one-step distillation: learn the whole jump noise -> data
+            return torch.full((n,), self.t_max, device=device)
         if self.t_sampling == "logit_normal":
             return torch.sigmoid(torch.randn((n,), generator=generator, device=device)).clamp(max=self.t_max)
         return torch.rand((n,), generator=generator, device=device) * self.t_max

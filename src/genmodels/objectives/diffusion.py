@@ -33,8 +33,10 @@ class DiffusionObjective:
     def __call__(self, net, batch, *, generator):
         x0 = batch["x"]
         t = self.path.sample_t(x0.shape[0], generator=generator, device=x0.device)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        noise = couple(x0, noise, self.coupling, generator=generator)
+        noise = batch.get("noise")
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+            noise = couple(x0, noise, self.coupling, generator=generator)
         x_t, alpha, sigma = self.path.add_noise(x0, noise, t)
         cond = {"y": self.drop_labels(batch["y"], generator)} if "y" in batch else {}
         out = net(x_t, self.path.c_noise(t).to(x0.dtype), **cond)

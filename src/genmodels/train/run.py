@@ -48,6 +48,18 @@ def check_resumable(saved: dict, cfg: Config) -> None:
                               f"was started with (saved: {saved.get(section)}, now: {new.get(section)})")
 
 
+def init_weights(net, source) -> None:
+    """Load ``source`` (a run directory: its EMA weights; or a .safetensors file) into ``net``:
+    reflow and distillation start from the model they improve."""
+    from .checkpoint import load_weights
+
+    source = Path(source)
+    file = source / "ema.safetensors" if source.is_dir() else source
+    if not file.is_file():
+        raise CheckpointError(f"train.init_from: '{file}' does not exist")
+    load_weights({"net": net}, file)
+
+
 def make_adamw(params, **options) -> torch.optim.AdamW:
     """AdamW with the fused kernel where torch has one for these tensors (CPU since torch 2.4,
     CUDA): one call per step instead of ~10 ops per tensor (6.8 -> 1.8 ms per step for the
@@ -78,6 +90,8 @@ def prepare(cfg: Config, run_dir, *, resume=False, dist: Dist = Dist(), device=N
     options = build.network_options(cfg, dataset.shape, dataset.num_classes)
     cfg.model.options = options
     net, path, param, objective = build.build_family(cfg, options)
+    if t.init_from and not resume:
+        init_weights(net, t.init_from)
     channels_last = cfg.train.channels_last and len(dataset.shape) == 3
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     net = net.to(device=device, memory_format=memory_format)
@@ -100,6 +114,9 @@ def prepare(cfg: Config, run_dir, *, resume=False, dist: Dist = Dist(), device=N
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         on_device = {"x": x}
+        if "noise" in batch:  # reflow pairs: the noise each x came from
+            on_device["noise"] = batch["noise"].to(device).to(memory_format=memory_format) \
+                if channels_last else batch["noise"].to(device)
         if conditional:  # labels feed the net only when it was built class-conditional
             on_device["y"] = batch["y"].to(device)
         with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
@@ -121,7 +138,8 @@ def prepare(cfg: Config, run_dir, *, resume=False, dist: Dist = Dist(), device=N
 
     # The data live on the device as one tensor; each micro-batch is one index gather.
     on_device = dataclasses.replace(dataset, x=dataset.x.to(device),
-                                    y=None if dataset.y is None else dataset.y.to(device))
+                                    y=None if dataset.y is None else dataset.y.to(device),
+                                    noise=None if dataset.noise is None else dataset.noise.to(device))
     shards = dist.shards(t.grad_accum)
     batches = [InfiniteBatches(on_device, micro_batch, seed=t.seed, rank=s, device=device,
                                world_size=dist.world_size * t.grad_accum) for s in shards]
