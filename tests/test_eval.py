@@ -2,6 +2,7 @@
 ordering of fd_cnn on MNIST, `genmodels eval` on runs and on image sets, and its errors."""
 
 import json
+import os
 import warnings
 
 import pytest
@@ -59,6 +60,18 @@ def test_digits_feature_cnn_is_deterministic_cached_and_rebuilt_when_stale(monke
     assert built == [1]
 
 
+def test_a_feature_cnn_below_its_accuracy_target_is_refused(monkeypatch, tmp_path):
+    import genmodels.metrics.features as features
+
+    monkeypatch.setenv("GENMODELS_CACHE", str(tmp_path))
+    net = features.FeatureCNN(image_size=8)
+    monkeypatch.setattr(features, "build_feature_cnn",
+                        lambda *a, **k: (net, {"test_accuracy": 0.5, "data_sha256": "x"}))
+    with pytest.raises(DataError, match="50.0 % test accuracy, below its 95 % target"):
+        feature_net("digits", progress=False)
+    assert not feature_cnn_path("digits").exists()
+
+
 @pytest.fixture(scope="module")
 def mnist_net():
     return feature_net("mnist", progress=False)
@@ -80,8 +93,14 @@ def test_mnist_feature_cnn_accuracy_and_the_sanity_ordering(mnist_net):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("GENMODELS_SLOW_TESTS"),
+                    reason="trains the Fashion CNN (~60 s); set GENMODELS_SLOW_TESTS=1. Every build "
+                           "also refuses to cache a network below its accuracy target")
 def test_fashion_feature_cnn_reaches_90_percent():
-    pytest.importorskip("genmodels.data.datasets").FASHION_DIR.is_dir() or pytest.skip("no Fashion-MNIST")
+    from genmodels.data.datasets import FASHION_DIR
+
+    if not FASHION_DIR.is_dir():
+        pytest.skip("Fashion-MNIST is not installed")
     assert feature_net("fashion", progress=False).info["test_accuracy"] >= 0.90
 
 
