@@ -225,3 +225,12 @@ def test_torchscript_feature_networks(tmp_path):
     junk.write_text("not a TorchScript archive")
     with pytest.raises(DataError, match="TorchScript"):
         compare_images(real, fake, features=str(junk), progress=False)
+
+
+def test_eval_class_conditional_run_reports_conditional_accuracy(tmp_path, capsys):
+    run = tmp_path / "cond"
+    train(load_config("mnist-ddpm", TINY_DIGITS[:-2] + ["model.num_classes=auto"]), run)
+    code, out, err = run_cli(["eval", run, "--n", "30", "--seeds", "0", "--no-log", "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert "cacc" in result["metrics"] and 0.0 <= result["cacc"] <= 1.0
