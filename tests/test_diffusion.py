@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from genmodels.diffusion.paths import RectifiedFlow
 from genmodels.diffusion import (ContinuousVP, DiscreteDDPM, NetDenoiser, PARAMETERIZATIONS,
                                  sigma_grid)
 from genmodels.objectives import DiffusionObjective
@@ -95,8 +96,15 @@ def test_ddpm_grids_match_ddim_paper_spacings():
     assert path.c_noise(path.grid(10, spacing="linspace")).round()[0] == 999
 
 
-@pytest.mark.parametrize("path", all_paths(), ids=["ddpm-linear", "ddpm-cosine", "vp"])
-@pytest.mark.parametrize("name", list(PARAMETERIZATIONS))
+def path_and_parameterizations():
+    """Every path with every parameterization valid on it: eps, x0 and v hold for any alpha,
+    sigma; velocity only on the straight path (alpha + sigma = 1)."""
+    named = list(zip(["ddpm-linear", "ddpm-cosine", "vp"], all_paths())) + [("rf", RectifiedFlow())]
+    return [pytest.param(path, name, id=f"{name}-{pid}") for pid, path in named
+            for name in PARAMETERIZATIONS if name != "velocity" or pid == "rf"]
+
+
+@pytest.mark.parametrize("path,name", path_and_parameterizations())
 def test_target_then_denoised_recovers_x0(path, name):
     param = PARAMETERIZATIONS[name]
     g = torch.Generator().manual_seed(1)
@@ -125,8 +133,7 @@ class OracleNet(torch.nn.Module):
         return self.param.target(x0=self.x0, noise=self.noise, alpha=alpha, sigma=sigma)
 
 
-@pytest.mark.parametrize("path", all_paths(), ids=["ddpm-linear", "ddpm-cosine", "vp"])
-@pytest.mark.parametrize("name", list(PARAMETERIZATIONS))
+@pytest.mark.parametrize("path,name", path_and_parameterizations())
 def test_denoiser_adapter_in_ve_coordinates(path, name):
     param = PARAMETERIZATIONS[name]
     g = torch.Generator().manual_seed(2)
@@ -145,7 +152,8 @@ def test_denoiser_adapter_in_ve_coordinates(path, name):
 @pytest.mark.parametrize("name", list(PARAMETERIZATIONS))
 def test_min_snr_weight_is_min_snr_on_x0_errors(name):
     """Weighted loss on this parameterization's output == min(SNR, gamma) * |x0 error|^2."""
-    path, param = DiscreteDDPM(schedule="cosine"), PARAMETERIZATIONS[name]
+    path = RectifiedFlow() if name == "velocity" else DiscreteDDPM(schedule="cosine")
+    param = PARAMETERIZATIONS[name]
     objective = DiffusionObjective(path, param, min_snr_gamma=5.0)
     g = torch.Generator().manual_seed(3)
     x0, noise = torch.randn(2, 32, 4, generator=g, dtype=torch.float64)
