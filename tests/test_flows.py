@@ -161,3 +161,18 @@ def test_straightness_is_zero_for_a_straight_flow_and_positive_otherwise(tmp_pat
 
     pipe.net = Bent()
     assert trajectories(pipe, 100, steps=10)[2].mean().item() > 100 * straight
+
+
+@pytest.mark.parametrize("config", ["toy-flow", "toy-otcfm"])
+def test_flow_matching_fits_two_moons(config, tmp_path):
+    """Measured: W2 0.165 (I-CFM) and 0.153 (OT-CFM) against 0.132 between two real samples of
+    1,000 and 1.40 for samples collapsed onto the mean."""
+    from genmodels.metrics.toy import mmd_rbf, wasserstein
+
+    dist = TOY_DISTRIBUTIONS["moons"]
+    train(load_config(config, ["data.name=moons", "train.images=300000", "train.device=cpu"]), tmp_path / "run")
+    x = genmodels.load(tmp_path / "run", device="cpu").sample(1000, seed=0, sampler="euler", steps=50,
+                                                              progress=False)
+    real = dist.sample(1000, generator=torch.Generator().manual_seed(0))
+    assert wasserstein(x, real, p=2) < 0.25
+    assert mmd_rbf(x, real) < 0.003
