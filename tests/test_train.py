@@ -1,6 +1,7 @@
 """Trainer, checkpoints and pipeline on real MNIST with a tiny UNet."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -180,3 +181,17 @@ def test_ctrl_c_on_the_cli_saves_and_resume_continues(tmp_path, tiny_mnist_overr
     assert 0 < seen < 100000
     train(tiny_cfg(tiny_mnist_overrides, f"train.images={seen + 32}"), run, resume=True)
     assert torch.load(run / "state.pt", weights_only=True)["images_seen"] == seen + 32
+
+
+def test_bf16_autocast_and_grad_accum_train_on_the_cpu(tmp_path, tiny_mnist_overrides):
+    """train.precision=bf16 (autocast; the CUDA default) and train.grad_accum run and learn on the
+    CPU; a global batch that does not split into micro-batches is refused in one line."""
+    from genmodels.errors import ConfigError
+
+    train(tiny_cfg(tiny_mnist_overrides, "train.images=480", "train.precision=bf16", "train.grad_accum=2"),
+          tmp_path / "run")
+    curve = losses(tmp_path / "run")
+    assert len(curve) == 30 and all(map(math.isfinite, curve))
+    assert sum(curve[-5:]) < sum(curve[:5])
+    with pytest.raises(ConfigError, match="does not split into 1 process"):
+        prepare(tiny_cfg(tiny_mnist_overrides, "train.grad_accum=3"), tmp_path / "other")
