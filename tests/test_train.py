@@ -195,3 +195,13 @@ def test_bf16_autocast_and_grad_accum_train_on_the_cpu(tmp_path, tiny_mnist_over
     assert sum(curve[-5:]) < sum(curve[:5])
     with pytest.raises(ConfigError, match="does not split into 1 process"):
         prepare(tiny_cfg(tiny_mnist_overrides, "train.grad_accum=3"), tmp_path / "other")
+
+
+def test_atomic_writes_keep_the_users_umask(tmp_path):
+    import os
+
+    from genmodels.train.checkpoint import save_json
+
+    save_json({"a": 1}, tmp_path / "c.json")
+    (tmp_path / "plain.json").write_text("{}")
+    assert os.stat(tmp_path / "c.json").st_mode & 0o777 == os.stat(tmp_path / "plain.json").st_mode & 0o777
