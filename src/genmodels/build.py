@@ -66,7 +66,7 @@ def build_diffusion(cfg, options: dict):
     """(net, path, param, objective) of a diffusion run; the net is built on the CPU."""
     net = build_network(cfg.model.network, **options)
     path = build_path(cfg.diffusion)
-    param = get_parameterization(cfg.diffusion.prediction)
+    param = get_parameterization(cfg.diffusion.prediction, sigma_data=cfg.diffusion.sigma_data)
     label_dropout = cfg.diffusion.label_dropout
     if label_dropout and options.get("num_classes") is None:
         raise ConfigError("diffusion.label_dropout needs a class-conditional net: set model.num_classes=auto")

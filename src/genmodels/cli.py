@@ -131,7 +131,8 @@ def parse_classes(text, n, per_class, pipe, classifier=None):
 @click.option("--n", "--num-samples", "n", default=64, show_default=True,
               help="Number of samples (under torchrun write --num-samples: its own parser takes --n).")
 @click.option("--sampler", default="ddim", show_default=True,
-              help="ddim | ddpm | euler | euler_ancestral | heun | dpmpp_2m | dpmpp_2m_sde | unipc | rk45.")
+              help="ddim | ddpm | euler | euler_ancestral | heun | dpmpp_2m | dpmpp_2m_sde | unipc | rk45 | "
+                   "euler_maruyama | pc (score-SDE predictor-corrector).")
 @click.option("--steps", default=50, show_default=True,
               help="Sampling steps (network evaluations; heun uses 2 per step but the last).")
 @click.option("--eta", default=None, type=float, help="Ancestral noise (ddim, euler_ancestral, dpmpp_2m_sde).")
@@ -150,6 +151,8 @@ def parse_classes(text, n, per_class, pipe, classifier=None):
 @click.option("--classifier-scale", default=1.0, show_default=True, help="Classifier guidance scale.")
 @click.option("--churn", default=None, type=float, help="EDM s_churn for euler and heun.")
 @click.option("--order", default=None, type=int, help="UniPC order (1-3).")
+@click.option("--snr", default=None, type=float, help="pc: the Langevin corrector's signal-to-noise ratio (0.16).")
+@click.option("--corrector-steps", default=None, type=int, help="pc: Langevin steps per noise level (1).")
 @click.option("--seed", default=0, show_default=True, help="Sample i uses seed + i.")
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True)
@@ -157,7 +160,8 @@ def parse_classes(text, n, per_class, pipe, classifier=None):
 @click.option("--out", "out", default="samples.png", show_default=True,
               help="grid.png, samples.npz or a directory/ for one PNG per sample.")
 def sample(run_dir, n, sampler, steps, eta, spacing, sigma_max, class_, per_class, guidance, guidance_interval,
-           threshold, classifier, classifier_scale, churn, order, seed, batch_size, weights, device, out):
+           threshold, classifier, classifier_scale, churn, order, snr, corrector_steps, seed, batch_size, weights,
+           device, out):
     from .pipeline import load, load_classifier
 
     from .build import resolve_device
@@ -168,7 +172,8 @@ def sample(run_dir, n, sampler, steps, eta, spacing, sigma_max, class_, per_clas
     pipe = load(run_dir, device=rank_device, weights=weights)
     classifier = None if classifier is None else load_classifier(classifier, device=device)
     labels, n, nrow = parse_classes(class_, n, per_class, pipe, classifier)
-    options = {k: v for k, v in (("s_churn", churn), ("order", order)) if v is not None}
+    options = {k: v for k, v in (("s_churn", churn), ("order", order), ("snr", snr),
+                                 ("corrector_steps", corrector_steps)) if v is not None}
     t0 = time.perf_counter()
     x = pipe.sample(n, seed=seed, sampler=sampler, steps=steps, eta=eta, spacing=spacing, sigma_max=sigma_max,
                     labels=labels,

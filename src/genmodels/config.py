@@ -36,15 +36,21 @@ class ModelConfig:
 
 @dataclass
 class DiffusionConfig:
-    path: str = "ddpm"  # ddpm (discrete, T steps) | vp (continuous) | rectified_flow (x_t = (1-t) x0 + t noise)
+    path: str = "ddpm"  # ddpm (discrete, T steps) | vp, ve (continuous SDEs) | rectified_flow (x_t = (1-t) x0 + t noise)
     schedule: str = "linear"  # ddpm beta schedule: linear | cosine
     timesteps: int = 1000
     beta_start: float = 1e-4  # linear ddpm schedule
     beta_end: float = 0.02
     beta_min: float = 0.1  # continuous vp path
     beta_max: float = 20.0
-    prediction: str = "eps"  # what the network predicts: eps | x0 | v | velocity (rectified flow)
-    t_sampling: str = "uniform"  # rectified flow's training times: uniform | logit_normal | max (distil)
+    sigma_min: float = 0.01  # ve path: sigma(t) = sigma_min (sigma_max / sigma_min)^t
+    sigma_max: float = 50.0  # ve path: about the largest distance between data points
+    prediction: str = "eps"  # what the network predicts: eps | x0 | v | score | edm | velocity (rectified flow)
+    sigma_data: float = 0.5  # edm preconditioning: the data's standard deviation
+    # training times: uniform | logit_normal, max (rectified flow) | log_normal (vp, ve: EDM's sigma density)
+    t_sampling: str = "uniform"
+    p_mean: float = -1.2  # log_normal: ln sigma ~ N(p_mean, p_std^2)
+    p_std: float = 1.2
     coupling: str = "independent"  # noise-data pairing per batch: independent | ot (exact) | sinkhorn
     min_snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (Hang et al. 2023); None = plain MSE
     label_dropout: float = 0.0  # class-conditional nets: P(label -> null class), for classifier-free guidance
@@ -100,16 +106,17 @@ class Config:
 # checked by their own registries, which know the full list.
 CHOICES = {
     "family": ("diffusion", "classifier"),
-    "diffusion.path": ("ddpm", "vp", "rectified_flow"),
-    "diffusion.t_sampling": ("uniform", "logit_normal", "max"),
+    "diffusion.path": ("ddpm", "vp", "ve", "rectified_flow"),
+    "diffusion.t_sampling": ("uniform", "logit_normal", "max", "log_normal"),
     "diffusion.coupling": ("independent", "ot", "sinkhorn"),
     "diffusion.schedule": ("linear", "cosine"),
-    "diffusion.prediction": ("eps", "x0", "v", "velocity"),
+    "diffusion.prediction": ("eps", "x0", "v", "score", "edm", "velocity"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("auto", "fp32", "bf16"),
 }
 POSITIVE = {
-    "diffusion.timesteps", "train.batch_size", "train.grad_accum", "train.lr", "train.images",
+    "diffusion.timesteps", "diffusion.sigma_min", "diffusion.sigma_max", "diffusion.sigma_data",
+    "diffusion.p_std", "train.batch_size", "train.grad_accum", "train.lr", "train.images",
     "train.log_every_images", "train.sample_every_images", "train.checkpoint_every_images",
     "train.eval_every_images", "train.eval_n",
     "sample.steps", "sample.n", "data.n_points",

@@ -35,5 +35,13 @@ class NetDenoiser(nn.Module):
         alpha64 = self.path.alpha_from_sigma(sigma.to(torch.float64))
         alpha = expand_like(alpha64, x)
         x_t = x * alpha
-        out = self.net(x_t, self.path.c_noise(t).to(x.dtype), **cond)
-        return self.param.denoised(out, x_t=x_t, alpha=alpha, sigma=expand_like(alpha64 * sigma, x))
+        sigma_t = expand_like(alpha64 * sigma, x)
+        out = self.net(self.param.scale_input(x_t, alpha=alpha, sigma=sigma_t), self.path.c_noise(t).to(x.dtype), **cond)
+        return self.param.denoised(out, x_t=x_t, alpha=alpha, sigma=sigma_t)
+
+
+def score(denoiser, x, sigma, **cond):
+    """grad_x log p_sigma(x) in VE coordinates from any Denoiser, by Tweedie's formula:
+    E[x0 | x] = x + sigma^2 grad log p_sigma(x)."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float64)
+    return (denoiser(x, sigma, **cond) - x) / expand_like(sigma.to(x.device) ** 2, x)

@@ -7,15 +7,24 @@
 ``x_t = alpha x0 + sigma noise``; alpha and sigma broadcast against x (shape [B, 1, ...]).
 ``x0_error_scale`` gives k with ``|out - target|^2 = k |denoised - x0|^2``, which turns a
 weighting defined on x0 errors (Min-SNR) into one on this prediction's errors.
+``scale_input(x_t)`` is what the network sees (x_t itself, except under EDM's c_in).
 """
 
+import math
 from dataclasses import dataclass
 
 from ..errors import ConfigError
 
 
+class Parameterization:
+    """The network sees x_t as it is unless a parameterization preconditions its input."""
+
+    def scale_input(self, x_t, *, alpha, sigma):
+        return x_t
+
+
 @dataclass(frozen=True)
-class EpsPrediction:
+class EpsPrediction(Parameterization):
     """The network predicts the noise (Ho et al. 2020, Eq. 14)."""
 
     name: str = "eps"
@@ -31,7 +40,7 @@ class EpsPrediction:
 
 
 @dataclass(frozen=True)
-class X0Prediction:
+class X0Prediction(Parameterization):
     """The network predicts the clean data directly."""
 
     name: str = "x0"
@@ -47,7 +56,7 @@ class X0Prediction:
 
 
 @dataclass(frozen=True)
-class VPrediction:
+class VPrediction(Parameterization):
     """v = alpha noise - sigma x0 (Salimans & Ho 2022, Sec. 4); exact for any alpha, sigma."""
 
     name: str = "v"
@@ -63,7 +72,7 @@ class VPrediction:
 
 
 @dataclass(frozen=True)
-class VelocityPrediction:
+class VelocityPrediction(Parameterization):
     """The flow-matching velocity u = dx_t/dt = noise - x0 of the straight path
     x_t = (1 - t) x0 + t noise (alpha = 1 - sigma), so x0 = x_t - sigma u. Only for paths with
     alpha + sigma = 1 (rectified flow); ``build`` checks."""
@@ -80,12 +89,77 @@ class VelocityPrediction:
         return 1 / sigma**2
 
 
+@dataclass(frozen=True)
+class ScorePrediction(Parameterization):
+    """Denoising score matching (Vincent 2011; Song et al. 2021, Eq. 7) with the weighting
+    lambda = sigma_t^2: the network predicts sigma_t times the score of q(x_t | x0),
+    sigma_t grad log q = -noise, as NCSN++ does by dividing its output by sigma. The x0 estimate
+    is Tweedie's formula, x0 = (x_t + sigma_t^2 score) / alpha_t. (The same regression as eps
+    with the score's sign; listed so a score model is named as such.)"""
+
+    name: str = "score"
+
+    def target(self, *, x0, noise, alpha, sigma):
+        return -noise
+
+    def denoised(self, out, *, x_t, alpha, sigma):
+        return (x_t + sigma * out) / alpha
+
+    def x0_error_scale(self, alpha, sigma):
+        return (alpha / sigma) ** 2
+
+
+@dataclass(frozen=True)
+class EDMPreconditioning(Parameterization):
+    """Karras et al. 2022, Table 1 (EDM column), on any path through its VE coordinates
+    x = x_t / alpha = x0 + s noise, s = sigma / alpha:
+
+        D(x; s) = c_skip(s) x + c_out(s) F(c_in(s) x)
+        c_skip = sd^2 / (s^2 + sd^2), c_out = s sd / sqrt(s^2 + sd^2), c_in = 1 / sqrt(s^2 + sd^2)
+
+    F regresses (x0 - c_skip x) / c_out, which weights the x0 error by EDM's
+    lambda(s) = 1 / c_out^2, so the plain MSE on F is EDM's loss. With t_sampling=log_normal the
+    training noise levels follow EDM's ln s ~ N(P_mean, P_std^2). c_noise stays the path's."""
+
+    sigma_data: float = 0.5
+    name: str = "edm"
+
+    def coefficients(self, alpha, sigma):
+        """(x, s) -> (c_skip, c_out, c_in) at the VE level s = sigma / alpha."""
+        s2 = (sigma / alpha) ** 2
+        sd2 = self.sigma_data**2
+        norm = (s2 + sd2) ** 0.5
+        return sd2 / (s2 + sd2), (sigma / alpha) * self.sigma_data / norm, 1 / norm
+
+    def scale_input(self, x_t, *, alpha, sigma):
+        return x_t / alpha * self.coefficients(alpha, sigma)[2]
+
+    def target(self, *, x0, noise, alpha, sigma):
+        c_skip, c_out, _ = self.coefficients(alpha, sigma)
+        x = x0 + (sigma / alpha) * noise
+        return (x0 - c_skip * x) / c_out
+
+    def denoised(self, out, *, x_t, alpha, sigma):
+        c_skip, c_out, _ = self.coefficients(alpha, sigma)
+        return c_skip * (x_t / alpha) + c_out * out
+
+    def x0_error_scale(self, alpha, sigma):
+        return 1 / self.coefficients(alpha, sigma)[1] ** 2
+
+
 PARAMETERIZATIONS = {"eps": EpsPrediction(), "x0": X0Prediction(), "v": VPrediction(),
+                     "score": ScorePrediction(), "edm": EDMPreconditioning(),
                      "velocity": VelocityPrediction()}
 
 
-def get_parameterization(name: str):
+def get_parameterization(name: str, *, sigma_data: float | None = None):
+    """The parameterization ``name``; ``sigma_data`` sets EDM's data standard deviation."""
     try:
-        return PARAMETERIZATIONS[name]
+        param = PARAMETERIZATIONS[name]
     except KeyError:
         raise ConfigError(f"unknown prediction '{name}'; allowed: {', '.join(PARAMETERIZATIONS)}") from None
+    if name == "edm" and sigma_data is not None:
+        if not (sigma_data > 0 and math.isfinite(sigma_data)):
+            raise ConfigError(f"diffusion.sigma_data must be a positive number, got {sigma_data}")
+        param = EDMPreconditioning(sigma_data=sigma_data)
+    return param

@@ -143,14 +143,56 @@ class DiscreteDDPM(GaussianPath):
         return ((n.flip(0) + 1) / T)
 
 
-class ContinuousVP(GaussianPath):
+def log_normal_t(path, n, *, p_mean, p_std, generator, device):
+    """EDM's training density (Karras et al. 2022, Table 1): ln sigma ~ N(p_mean, p_std^2), as the
+    path's t, with sigma clamped to the path's range [to_sigma(t_min), to_sigma(1)]."""
+    s_lo = float(path.to_sigma(torch.tensor(path.t_min, dtype=torch.float64)))
+    s_hi = float(path.to_sigma(torch.tensor(1.0, dtype=torch.float64)))
+    ln_s = p_mean + p_std * torch.randn((n,), generator=generator, device=device, dtype=torch.float64)
+    return path.from_sigma(ln_s.exp().clamp(s_lo, s_hi)).float()
+
+
+class ContinuousPath(GaussianPath):
+    """Shared by the continuous-time SDE paths: t uniform in [t_min, 1] or EDM's log-normal sigma
+    density (``t_sampling``), grids uniform in t, and c_noise = 1000 t."""
+
+    T_SAMPLINGS = ("uniform", "log_normal")
+
+    def __init__(self, *, t_min, t_sampling="uniform", p_mean=-1.2, p_std=1.2):
+        if t_sampling not in self.T_SAMPLINGS:
+            raise ConfigError(f"unknown t sampling '{t_sampling}' for path '{self.name}'; allowed: "
+                              + ", ".join(self.T_SAMPLINGS))
+        self.t_min, self.t_sampling, self.p_mean, self.p_std = t_min, t_sampling, p_mean, p_std
+
+    def c_noise(self, t):
+        return 1000 * _as_tensor(t)
+
+    def sample_t(self, n, *, generator, device):
+        if self.t_sampling == "log_normal":
+            return log_normal_t(self, n, p_mean=self.p_mean, p_std=self.p_std, generator=generator,
+                                device=device)
+        u = torch.rand((n,), generator=generator, device=device)
+        return self.t_min + (1 - self.t_min) * u
+
+    def grid(self, steps, *, spacing="linspace"):
+        if steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {steps}")
+        if spacing not in ("linspace", "leading", "trailing"):
+            raise ConfigError(f"unknown timestep spacing '{spacing}'; allowed: leading, trailing, linspace")
+        return torch.linspace(1.0, self.t_min, steps, dtype=torch.float64)
+
+
+class ContinuousVP(ContinuousPath):
     """VP SDE (Song et al. 2021, Eq. 11) with linear beta(t) = beta_min + t (beta_max - beta_min).
 
     log alpha_bar(t) = -t^2 (beta_max - beta_min) / 2 - t beta_min; c_noise = 1000 t.
     """
 
-    def __init__(self, *, beta_min=0.1, beta_max=20.0, t_min=1e-3):
-        self.beta_min, self.beta_max, self.t_min = beta_min, beta_max, t_min
+    name = "vp"
+
+    def __init__(self, *, beta_min=0.1, beta_max=20.0, t_min=1e-3, **sampling):
+        super().__init__(t_min=t_min, **sampling)
+        self.beta_min, self.beta_max = beta_min, beta_max
 
     def log_alpha_bar(self, t):
         t = _as_tensor(t).to(torch.float64)
@@ -173,19 +215,45 @@ class ContinuousVP(GaussianPath):
         beta = self.beta_min + t.to(torch.float64) * (self.beta_max - self.beta_min)
         return (-0.5 * beta * self.alpha(t).to(torch.float64)).to(t.dtype)
 
-    def c_noise(self, t):
-        return 1000 * _as_tensor(t)
 
-    def sample_t(self, n, *, generator, device):
-        u = torch.rand((n,), generator=generator, device=device)
-        return self.t_min + (1 - self.t_min) * u
+class ContinuousVE(ContinuousPath):
+    """VE SDE (Song et al. 2021, Eq. 9; NCSN, Song & Ermon 2019): x_t = x0 + sigma(t) noise with
+    the geometric sigma(t) = sigma_min (sigma_max / sigma_min)^t. Already in VE coordinates
+    (alpha = 1). ``sigma_max`` should be about the largest distance between training points
+    (Song & Ermon 2020, Technique 1), so the prior N(0, sigma_max^2 I) covers the data.
+    t = 0 is sigma_min, not clean data: samplers jump from sigma_min to 0 in their last step.
+    """
 
-    def grid(self, steps, *, spacing="linspace"):
-        if steps < 1:
-            raise ConfigError(f"steps must be >= 1, got {steps}")
-        if spacing not in ("linspace", "leading", "trailing"):
-            raise ConfigError(f"unknown timestep spacing '{spacing}'; allowed: leading, trailing, linspace")
-        return torch.linspace(1.0, self.t_min, steps, dtype=torch.float64)
+    name = "ve"
+
+    def __init__(self, *, sigma_min=0.01, sigma_max=50.0, **sampling):
+        if not 0 < sigma_min < sigma_max:
+            raise ConfigError(f"the VE path needs 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        super().__init__(t_min=0.0, **sampling)
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+        self.log_ratio = math.log(sigma_max / sigma_min)
+
+    def to_sigma(self, t):
+        t = _as_tensor(t)
+        return (self.sigma_min * torch.exp(t.to(torch.float64) * self.log_ratio)).to(t.dtype)
+
+    def from_sigma(self, s):
+        s = _as_tensor(s)
+        # below sigma_min t extrapolates (a karras grid may go there); s = 0 never reaches a net
+        return (torch.log(s.to(torch.float64).clamp(min=1e-20) / self.sigma_min) / self.log_ratio).to(s.dtype)
+
+    def alpha(self, t):
+        return torch.ones_like(_as_tensor(t))
+
+    def sigma(self, t):
+        return self.to_sigma(t)
+
+    def alpha_from_sigma(self, s):
+        return torch.ones_like(_as_tensor(s))
+
+    def prior_std(self, s_max):
+        """x_1 = x0 + sigma_max noise ~ N(0, sigma_max^2 I), neglecting the data's own spread."""
+        return _as_tensor(s_max)
 
 
 class RectifiedFlow(GaussianPath):
@@ -256,10 +324,16 @@ def cosine_betas(timesteps: int, *, s: float = 0.008, max_beta: float = 0.999) -
 def build_path(cfg) -> GaussianPath:
     """Path from a DiffusionConfig."""
     if cfg.path == "ddpm":
+        if cfg.t_sampling != "uniform":
+            raise ConfigError(f"diffusion.t_sampling={cfg.t_sampling} does not apply to the discrete DDPM path "
+                              "(its steps are drawn uniformly); use path vp or ve")
         return DiscreteDDPM(schedule=cfg.schedule, timesteps=cfg.timesteps,
                             beta_start=cfg.beta_start, beta_end=cfg.beta_end)
+    sampling = {"t_sampling": cfg.t_sampling, "p_mean": cfg.p_mean, "p_std": cfg.p_std}
     if cfg.path == "vp":
-        return ContinuousVP(beta_min=cfg.beta_min, beta_max=cfg.beta_max)
+        return ContinuousVP(beta_min=cfg.beta_min, beta_max=cfg.beta_max, **sampling)
+    if cfg.path == "ve":
+        return ContinuousVE(sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, **sampling)
     if cfg.path == "rectified_flow":
         return RectifiedFlow(t_sampling=cfg.t_sampling)
-    raise ConfigError(f"unknown diffusion path '{cfg.path}'; allowed: ddpm, vp, rectified_flow")
+    raise ConfigError(f"unknown diffusion path '{cfg.path}'; allowed: ddpm, vp, ve, rectified_flow")

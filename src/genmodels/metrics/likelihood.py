@@ -28,7 +28,7 @@ from ..errors import DataError
 
 __all__ = ["BIN_WIDTH", "dequantize", "bits_per_dim", "discretized_gaussian_log_likelihood",
            "normal_kl", "ddpm_vlb", "DDPMBound", "ode_log_likelihood", "ODELikelihood",
-           "gaussian_log_prob"]
+           "gaussian_log_prob", "ode_sigma_range"]
 
 BIN_WIDTH = 2 / 255
 LN2 = math.log(2)
@@ -161,6 +161,21 @@ def _params(module):
 
 
 # ---- continuous models: the probability-flow ODE ------------------------------------------
+ODE_T_MIN = 1e-3  # Song et al. 2021's epsilon for likelihoods; the straight path's t_min is 0 (s = 0)
+
+
+def ode_sigma_range(path) -> tuple[float, float, float]:
+    """(sigma_min, sigma_max, prior_std) of ``path`` for ``ode_log_likelihood``: from the path's
+    t_min (at least ODE_T_MIN, since log sigma = -inf at clean data) to t = 1, where the prior
+    is the marginal of x = x0 + sigma_max z in VE coordinates for data of unit variance,
+    N(0, (sigma_max^2 + 1) I). (Not the sampler's start: the straight path starts sampling from
+    x_t = noise, x = noise / alpha, whose std 1 + sigma_max is 0.1 % too wide at t_max.)"""
+    f64 = torch.float64
+    sigma_min = path.to_sigma(torch.tensor(max(path.t_min, ODE_T_MIN), dtype=f64)).item()
+    sigma_max = path.to_sigma(torch.tensor(1.0, dtype=f64)).item()
+    return sigma_min, sigma_max, math.hypot(sigma_max, 1.0)
+
+
 @dataclass(frozen=True, eq=False)
 class ODELikelihood:
     log_px: torch.Tensor  # [B] nats, log density at sigma_min

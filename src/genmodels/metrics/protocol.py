@@ -32,7 +32,7 @@ from .classify import classifier_score, conditional_accuracy
 from .features import FeatureNet, feature_net, feature_net_id
 from .frechet import fd
 from .kid import kid
-from .likelihood import bits_per_dim, ddpm_vlb, dequantize, ode_log_likelihood
+from .likelihood import bits_per_dim, ddpm_vlb, dequantize, ode_log_likelihood, ode_sigma_range
 from .prdc import prdc
 from .toy import log_density, mmd_rbf, mode_coverage, wasserstein
 
@@ -287,13 +287,11 @@ def _nll(pipe, *, nll_n, nll_steps, method, seed, progress) -> dict:
     if method != "ode" and images and isinstance(path, DiscreteDDPM):
         bound = ddpm_vlb(pipe.denoiser, path, x, cond=cond, steps=nll_steps, generator=g, progress=progress)
         return {"nll_bpd": bound.bits_per_dim.mean().item()}
-    sigma_min = path.to_sigma(torch.tensor(path.t_min, dtype=torch.float64)).item()
-    sigma_max = path.to_sigma(torch.tensor(1.0, dtype=torch.float64)).item()
+    sigma_min, sigma_max, prior_std = ode_sigma_range(path)
     if images:
         x = dequantize(x, generator=g)
     result = ode_log_likelihood(pipe.denoiser, x, sigma_min=sigma_min, sigma_max=sigma_max,
-                                prior_std=path.prior_std(torch.tensor(sigma_max)).item(), cond=cond,
-                                generator=g, progress=progress)
+                                prior_std=prior_std, cond=cond, generator=g, progress=progress)
     if images:
         return {"nll_bpd": bits_per_dim(result.log_px, x[0].numel()).mean().item(), "nll_nfe": result.nfe}
     return {"nll": -result.log_px.mean().item(), "nll_nfe": result.nfe}

@@ -8,7 +8,8 @@ from .base import SeededNoise, StepInfo, ancestral_split, edm_churn, sample_loop
 from .invert import ddim_invert, round_trip_error
 from .multistep import sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_unipc
 from .ode import sample_euler, sample_heun, sample_rk45
-from .sde import sample_ddim, sample_ddpm, sample_euler_ancestral
+from .sde import (langevin_corrector, sample_ddim, sample_ddpm, sample_euler_ancestral,
+                  sample_euler_maruyama, sample_pc)
 
 SAMPLERS = {
     "ddim": sample_ddim,
@@ -20,13 +21,17 @@ SAMPLERS = {
     "dpmpp_2m_sde": sample_dpmpp_2m_sde,
     "unipc": sample_unipc,
     "rk45": sample_rk45,
+    "euler_maruyama": sample_euler_maruyama,
+    "pc": sample_pc,
 }
 
 
-def evaluations(name: str, steps: int) -> int:
+def evaluations(name: str, steps: int, *, corrector_steps: int = 1) -> int:
     """Network evaluations a fixed-grid sampler spends on ``steps`` steps (rk45 adapts: it reports
     its own count in ``stats``)."""
-    return 2 * steps - 1 if name == "heun" else steps
+    if name == "heun":
+        return 2 * steps - 1
+    return (1 + corrector_steps) * steps if name == "pc" else steps
 
 
 def get_sampler(name: str):
@@ -57,6 +62,6 @@ def run_sampler(name, denoiser, x, sigmas, *, noise=None, eta=None, **kwargs):
 
 
 __all__ = ["SAMPLERS", "SeededNoise", "StepInfo", "ancestral_split", "ddim_invert", "edm_churn",
-           "evaluations", "get_sampler", "round_trip_error", "run_sampler", "sample_ddim", "sample_ddpm",
+           "evaluations", "get_sampler", "langevin_corrector", "round_trip_error", "run_sampler", "sample_ddim", "sample_ddpm",
            "sample_dpmpp_2m", "sample_dpmpp_2m_sde", "sample_euler", "sample_euler_ancestral",
-           "sample_heun", "sample_loop", "sample_rk45", "sample_unipc", "to_d"]
+           "sample_euler_maruyama", "sample_heun", "sample_loop", "sample_pc", "sample_rk45", "sample_unipc", "to_d"]
