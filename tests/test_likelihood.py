@@ -150,3 +150,23 @@ def test_ddpm_bound_on_mnist_is_finite_and_falls_with_training(tmp_path, tiny_mn
         assert torch.isfinite(bound.bits_per_dim).all()
         bounds.append(bound.bits_per_dim.mean().item())
     assert bounds[1] < 0.8 * bounds[0], bounds
+
+
+def test_hutchinson_probes_average_to_the_exact_trace():
+    """A linear drift with a full (non-diagonal) matrix: one probe is biased per draw, the mean
+    over K probes approaches trace(A) with standard error ~ sqrt(2 sum_{i != j} a_ij^2 / K)."""
+    from genmodels.metrics.likelihood import _divergence
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(20, 20, dtype=torch.float64, generator=g)
+    x = torch.randn(3, 20, dtype=torch.float64, generator=g).requires_grad_(True)
+    exact = _divergence(x @ a.T, x, None)
+    torch.testing.assert_close(exact, torch.full((3,), a.trace().item(), dtype=torch.float64))
+    k = 4000
+    probe = (torch.randint(0, 2, (k, 3, 20), generator=g) * 2 - 1).double()
+    estimate = _divergence(x @ a.T, x, probe)
+    off = a - torch.diag(a.diagonal())
+    se = math.sqrt((off.square().sum() + (off * off.T).sum()).item() / k)
+    assert (estimate - exact).abs().max().item() < 4 * se, (estimate, exact, se)
+    one = _divergence(x @ a.T, x, probe[:1])
+    assert (one - exact).abs().max().item() > 4 * se  # a single probe is far off: the averaging matters
