@@ -10,7 +10,7 @@ batch and number of images in a plain loop, and is sampled by the same Euler ste
 torchcfm's PyPI dependencies pull a CUDA torch; install it alone, next to ours:
     .venv/bin/python -m pip install --no-deps torchcfm
 
-MNIST (``--mnist-minutes M``): DDPM, I-CFM, OT-CFM trained M minutes each, 2-RF from I-CFM on
+MNIST (``--mnist-minutes M``): DDPM, EDM, I-CFM, OT-CFM trained M minutes each, 2-RF from I-CFM on
 ``--mnist-pairs`` ODE pairs; fd_cnn of ``--mnist-n`` samples at each NFE.
 
     python benchmarks/flows.py --toys 8gaussians moons --images 300000
@@ -38,7 +38,7 @@ TOY_MODELS = {  # name: (config, extra overrides)
     "I-CFM = 1-RF": ("toy-flow", []),
     "OT-CFM": ("toy-otcfm", []),
 }
-MNIST_MODELS = {"DDPM": ("mnist-ddpm", []), "I-CFM = 1-RF": ("mnist-flow", []),
+MNIST_MODELS = {"DDPM": ("mnist-ddpm", []), "EDM": ("mnist-edm", []), "I-CFM = 1-RF": ("mnist-flow", []),
                 "OT-CFM": ("mnist-flow", ["diffusion.coupling=ot"])}
 
 
