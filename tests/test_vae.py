@@ -274,6 +274,8 @@ def test_cli_train_sample_interpolate_reconstruct_eval(digits_vae, tmp_path, cap
     assert result["nll_nats"] <= result["neg_elbo_nats"]  # IWAE_50 is the tighter bound
     assert result["nll_bpd"] == pytest.approx(result["nll_nats"] / (64 * math.log(2)), rel=1e-9)
     assert 0 <= result["active_units"] <= 32 and result["fd_cnn"] > 0 and 0 <= result["precision"] <= 1
+    code, out, err = run_cli(["report", digits_vae, "--device", "cpu"], capsys)
+    assert code == 0 and "VAE on digits" in (digits_vae / "report.html").read_text(), err
     mu, logvar = vae.encode(load_dataset_x("digits")[:4])
     assert mu.shape == logvar.shape == (4, 32) and vae.decode(mu).shape == (4, 1, 8, 8)
 
