@@ -31,7 +31,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if precision == "bf16" else None
 
 
-IMAGE_NETWORKS = ("unet", "noisy_classifier")
+IMAGE_NETWORKS = ("unet", "noisy_classifier", "vae_mlp", "vae_conv")
 
 
 def network_options(cfg, data_shape, num_classes: int) -> dict:

@@ -24,6 +24,9 @@ EXAMPLES = {
               "  genmodels reflow runs/flow2 --distill --out runs/flow2-1step",
     "invert": "genmodels invert runs/mnist --n 8 --steps 50 --out inversion.png",
     "report": "genmodels report runs/mnist",
+    "interpolate": "genmodels interpolate runs/vae --a test:0 --b test:1 --steps 10 --out interp.png\n"
+                   "  genmodels interpolate runs/vae --a three.png --b eight.png --method linear",
+    "reconstruct": "genmodels reconstruct runs/vae --n 16 --out recon.png",
 }
 
 
@@ -230,6 +233,89 @@ def reflow(run_dir, overrides, out, pairs, steps, images, distill):
                         overrides=list(overrides))
     click.echo(f"straightness {result.straightness_before:.4f} -> {result.straightness_after:.4f} "
                f"(20-step Euler, 1,000 samples); pairs: {result.pairs_file}; run: {result.run_dir}")
+
+
+# ---- VAE: the latent space ------------------------------------------------------------------
+def _load_vae(run_dir, device):
+    from .families.vae import VAEPipeline
+    from .pipeline import load
+
+    pipe = load(run_dir, device=device)
+    if not isinstance(pipe, VAEPipeline):
+        raise GenmodelsError(f"'{run_dir}' holds a {pipe.config.family} run; this command needs a VAE (family: vae)")
+    return pipe
+
+
+def _test_split(pipe):
+    from .data import load_dataset
+
+    data = pipe.config.data
+    return load_dataset(data.name, split="test", image_size=data.image_size, channels=data.channels)
+
+
+def read_image_arg(text: str, pipe, option: str):
+    """--a/--b: a PNG path, or test:INDEX, an image of the run's held-out split."""
+    from .errors import DataError
+    from .images import load_image
+
+    if text.startswith("test:"):
+        test = _test_split(pipe)
+        try:
+            index = int(text[5:])
+        except ValueError:
+            raise DataError(f"{option} '{text}': INDEX after 'test:' must be an integer") from None
+        if not 0 <= index < len(test.x):
+            raise DataError(f"{option} '{text}': the {pipe.config.data.name} test split has images 0..{len(test.x) - 1}")
+        return test.x[index:index + 1]
+    x = load_image(text, channels=pipe.data_shape[0])
+    if tuple(x.shape[1:]) != tuple(pipe.data_shape):
+        c, h, w = pipe.data_shape
+        raise DataError(f"{option} '{text}' is {x.shape[3]}x{x.shape[2]} pixels but this VAE takes "
+                        f"{w}x{h}; resize it to {w}x{h}")
+    return x
+
+
+@cli.command(help=_help("interpolate", "Decode the path between two images' latents (posterior means) "
+                                        "of a VAE run: a PNG strip, one row per method."))
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--a", "a", required=True, help="First image: a PNG path, or test:INDEX (the run's test split).")
+@click.option("--b", "b", required=True, help="Second image, the same forms.")
+@click.option("--steps", default=10, show_default=True, help="Images along the path, endpoints included.")
+@click.option("--method", type=click.Choice(["slerp", "linear", "both"]), default="both", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--out", "out", default="interpolation.png", show_default=True)
+def interpolate(run_dir, a, b, steps, method, device, out):
+    import torch
+
+    from .images import save_grid
+
+    pipe = _load_vae(run_dir, device)
+    xa, xb = read_image_arg(a, pipe, "--a"), read_image_arg(b, pipe, "--b")
+    methods = ["linear", "slerp"] if method == "both" else [method]
+    rows = [pipe.interpolate(xa, xb, steps=steps, method=m) for m in methods]
+    save_grid(torch.cat(rows), out, nrow=steps, scale=2)
+    click.echo(f"{' and '.join(methods)} interpolation, {steps} steps ({len(rows)} row(s)) -> {out}")
+
+
+@cli.command(help=_help("reconstruct", "A VAE run's reconstructions of held-out images: rows of test "
+                                        "images and their decoded posterior means."))
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--n", default=8, show_default=True, help="Test images (a row of at most 8 each).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--out", "out", default="reconstructions.png", show_default=True)
+def reconstruct(run_dir, n, device, out):
+    import torch
+
+    from .images import save_grid
+
+    pipe = _load_vae(run_dir, device)
+    x = _test_split(pipe).x[:n]
+    inputs, recon = pipe.inputs(x).cpu(), pipe.reconstruct(x)
+    per_row = min(8, len(x))
+    rows = [t for start in range(0, len(x), per_row) for t in (inputs[start:start + per_row], recon[start:start + per_row])]
+    save_grid(torch.cat(rows), out, nrow=per_row, scale=2)
+    mse = (recon - inputs).square().mean().item()
+    click.echo(f"{len(x)} test images and their reconstructions (MSE {mse:.4f} in [-1, 1]) -> {out}")
 
 
 # ---- data -----------------------------------------------------------------------------

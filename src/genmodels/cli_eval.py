@@ -20,7 +20,8 @@ Examples:
 RUN_DIR: samples n images per seed with the run's EMA weights and compares them with the
 dataset's reference split in the dataset CNN's features; prints mean +- std over seeds and
 appends the result to the run's metrics.jsonl. Metrics for images: fd_cnn, kid, prdc, cs
-(classifier score), cacc (conditional accuracy), nll (bits/dim of held-out data); for 2-D toy
+(classifier score), cacc (conditional accuracy), nll (bits/dim of held-out data; VAE runs: the
+IWAE bound, also in nats per image, and active units); for 2-D toy
 runs: w1, w2, mmd, modes, loglik, nll.
 """
 
@@ -69,12 +70,14 @@ def _seeds(text: str) -> list[int]:
               help="DDPM bound from this many of its T steps (unbiased estimate); default all.")
 @click.option("--nll-method", type=click.Choice(["auto", "vlb", "ode"]), default="auto", show_default=True,
               help="auto: the DDPM bound for discrete DDPM runs, the PF-ODE otherwise.")
+@click.option("--nll-k", default=None, type=int,
+              help="VAE runs: importance samples of the IWAE bound (default 1000).")
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object, metrics at the top level.")
 @click.option("--no-log", is_flag=True, help="Do not append to the run's metrics.jsonl.")
 def run(run_dir, metrics, n, seeds, real, fake, features, sampler, steps, eta, weights, nll_n,
-        nll_steps, nll_method, batch_size, device, as_json, no_log):
+        nll_steps, nll_method, nll_k, batch_size, device, as_json, no_log):
     if (real is None) != (fake is None):
         raise ConfigError("give both --real and --fake, or a RUN_DIR")
     if real is not None:
@@ -87,7 +90,7 @@ def run(run_dir, metrics, n, seeds, real, fake, features, sampler, steps, eta, w
 
     result = evaluate_run(run_dir, metrics=metrics, n=n, seeds=_seeds(seeds), sampler=sampler,
                           steps=steps, eta=eta, features=features, weights=weights, nll_n=nll_n,
-                          nll_steps=nll_steps, nll_method=nll_method, batch_size=batch_size,
+                          nll_steps=nll_steps, nll_method=nll_method, nll_k=nll_k, batch_size=batch_size,
                           device=device, log=not no_log)
     if as_json:
         click.echo(json.dumps(result.as_json()))
@@ -100,7 +103,8 @@ def run(run_dir, metrics, n, seeds, real, fake, features, sampler, steps, eta, w
     how = f" ({p['sampler']}, {p['steps']} steps)" if "sampler" in p else ""
     what = [f"{p['n']} samples per seed{how}"] if "reference" in p else []
     if "nll_n" in p:
-        what.append(f"nll of {p['nll_n']} held-out items ({p['nll_method']})")
+        k = f", k = {p['nll_k']}" if "nll_k" in p else ""
+        what.append(f"nll of {p['nll_n']} held-out items ({p['nll_method']}{k})")
     click.echo(f"{'; '.join(what)}; seeds {p['seeds']}, {p['weights']} weights, "
                f"{p['images_seen'] or 0:,} training images; mean +- std over seeds:")
     click.echo(format_table(result.mean, result.std))

@@ -57,6 +57,18 @@ class DiffusionConfig:
 
 
 @dataclass
+class VAEConfig:
+    """The VAE family's objective (genmodels.objectives.vae); the nets are model.network
+    vae_mlp | vae_conv with latent_dim, hidden, ..."""
+
+    likelihood: str = "bernoulli"  # bernoulli (binarized pixels) | gaussian (dequantized density) | logistic | discretized_gaussian (8-bit bins)
+    binarize: str = "stochastic"  # bernoulli: stochastic (fresh draw per batch, fixed draw for eval) | threshold (> 1/2)
+    beta: float = 1.0  # weight of the KL term (beta-VAE); 1 = the ELBO
+    kl_warmup_images: int = 0  # KL weight ramps linearly 0 -> beta over this many training images
+    free_bits: float = 0.0  # nats per latent unit the KL term never asks below (0 = off)
+
+
+@dataclass
 class TrainConfig:
     batch_size: int = 64  # the global batch: images per optimizer step over all processes
     grad_accum: int = 1  # micro-batches per step and process (batch_size / (processes x grad_accum) each)
@@ -98,6 +110,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
@@ -111,6 +124,8 @@ CHOICES = {
     "diffusion.coupling": ("independent", "ot", "sinkhorn"),
     "diffusion.schedule": ("linear", "cosine"),
     "diffusion.prediction": ("eps", "x0", "v", "score", "edm", "velocity"),
+    "vae.likelihood": ("bernoulli", "gaussian", "logistic", "discretized_gaussian"),
+    "vae.binarize": ("stochastic", "threshold"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("auto", "fp32", "bf16"),
 }
@@ -204,6 +219,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"config field 'train.minutes' must be positive, got {cfg.train.minutes!r}")
     if cfg.data.channels not in (None, 1, 3):
         raise ConfigError(f"config field 'data.channels' is {cfg.data.channels!r}; allowed values: 1, 3")
+    for key in ("beta", "kl_warmup_images", "free_bits"):
+        if getattr(cfg.vae, key) < 0:
+            raise ConfigError(f"config field 'vae.{key}' must be >= 0, got {getattr(cfg.vae, key)!r}")
     if not 0.0 <= cfg.sample.eta <= 1.0:
         raise ConfigError(f"config field 'sample.eta' must lie in [0, 1], got {cfg.sample.eta!r}")
     return cfg

@@ -27,8 +27,10 @@ def make_report(run_dir, *, device="auto", sample_seconds=None) -> Path:
 
     run_dir = Path(run_dir)
     pipe = load(run_dir, device=device)
+    diffusion = pipe.config.family == "diffusion"
+    settings = DEMO_SAMPLES if diffusion else {"n": DEMO_SAMPLES["n"], "seed": DEMO_SAMPLES["seed"]}
     t0 = time.perf_counter()
-    x = pipe.sample(**DEMO_SAMPLES)
+    x = pipe.sample(**settings)
     sample_seconds = time.perf_counter() - t0
     grid = run_dir / "samples.png"
     save_grid(x, grid, nrow=8, scale=3)
@@ -43,16 +45,18 @@ def make_report(run_dir, *, device="auto", sample_seconds=None) -> Path:
         "training throughput": f"{last.get('img_per_s', 0):.0f} img/s",
         "final training loss": f"{last.get('loss', float('nan')):.4f}",
         "network parameters": f"{sum(p.numel() for p in pipe.net.parameters()):,}",
-        "sampler": f"{DEMO_SAMPLES['sampler']}, {DEMO_SAMPLES['steps']} steps, seeds "
-                   f"{DEMO_SAMPLES['seed']}..{DEMO_SAMPLES['seed'] + DEMO_SAMPLES['n'] - 1}",
+        "sampler": (f"{DEMO_SAMPLES['sampler']}, {DEMO_SAMPLES['steps']} steps, " if diffusion else "") +
+                   f"seeds {DEMO_SAMPLES['seed']}..{DEMO_SAMPLES['seed'] + DEMO_SAMPLES['n'] - 1}",
         "sampling time": f"{sample_seconds:.1f} s for {len(x)} images "
                          f"({1000 * sample_seconds / len(x):.0f} ms/image)",
     }
     if pipe.config.data.name == "mnist":
         score = recognisability(x, device=pipe.device)
         facts.update(score.as_facts())
-    return write_report(run_dir, title=f"genmodels: DDPM on {pipe.config.data.name}",
-                        figures=[("64 samples (DDIM, 50 steps, EMA weights)", grid),
+    what = "DDPM" if diffusion else pipe.config.family.upper()
+    how = "DDIM, 50 steps, EMA weights" if diffusion else "EMA weights"
+    return write_report(run_dir, title=f"genmodels: {what} on {pipe.config.data.name}",
+                        figures=[(f"64 samples ({how})", grid),
                                  ("training loss", loss_png)], facts=facts)
 
 

@@ -191,3 +191,21 @@ def load_image_set(path: str | Path) -> Tensor:
         raise DataError(f"{path}: expected uint8 images [N, H, W, C] with C = 1 or 3, got "
                         f"{pixels.dtype} {tuple(pixels.shape)}")
     return torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(127.5).sub(1).contiguous()
+
+
+def load_image(path: str | Path, *, channels: int) -> Tensor:
+    """One image file -> float32 [1, C, H, W] in [-1, 1], converted to ``channels`` (1: gray by
+    ITU-R 601 luma, 3: RGB); never resized, so a wrong size stays visible to the caller."""
+    from .errors import DataError
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"image file '{path}' does not exist")
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read '{path}' as an image ({err})") from None
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None].float().div(127.5).sub(1)

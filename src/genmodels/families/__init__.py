@@ -12,8 +12,9 @@ A family is an object with
 - ``load(run: LoadedRun) -> pipeline``: an object with ``sample(n, *, seed, batch_size, progress,
   dist, labels, **settings)``, ``sample_settings(**given) -> dict`` (the settings a sample uses,
   recorded by the evaluation protocol), ``config``, ``data_shape``, ``class_names``, ``device``,
-  ``run_dir`` and ``net_num_classes``; optionally ``nll(x, *, generator, progress, **options)``
-  for the ``nll`` metric.
+  ``run_dir`` and ``net_num_classes``; optionally its own likelihood for the ``nll`` metric:
+  ``nll_method`` (a name), ``nll_settings(k=) -> dict`` (recorded by the protocol) and
+  ``nll_scores(x, *, generator, progress, **settings) -> dict`` (the VAE's IWAE bound).
 
 ``FAMILIES`` is the registry (a plain dict), filled by ``register``.
 """
@@ -51,7 +52,7 @@ def get_family(name: str):
 
 def _load_builtin() -> None:
     # Imported here, not at the top: each family module imports this one for its helpers.
-    from . import diffusion  # noqa: F401
+    from . import diffusion, vae  # noqa: F401
 
 
 @dataclass

@@ -207,6 +207,9 @@ def evaluate_run(run_dir, *, metrics=None, n=5000, seeds=(0, 1, 2), sampler=None
     timings = {}
     protocol = {"run": str(run_dir), "images_seen": _images_seen(run_dir), "weights": weights,
                 "n": n, "seeds": list(seeds), **sampling, "metrics": list(metrics), "proxy": proxy}
+    if nll_k is not None and not hasattr(pipe, "nll_scores"):
+        raise ConfigError("nll_k (--nll-k) is the IWAE sample count of VAE runs; this run's nll uses "
+                          "nll_steps / nll_method")
     if "nll" in metrics:
         if hasattr(pipe, "nll_scores"):
             protocol.update(nll_n=nll_n, nll_method=pipe.nll_method, **pipe.nll_settings(k=nll_k))

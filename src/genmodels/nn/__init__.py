@@ -1,5 +1,5 @@
-"""Neural network bodies: ``UNet`` for images, ``MLP`` for toy 2-D data (denoisers), and
-``NoisyClassifier`` (classifier guidance).
+"""Neural network bodies: ``UNet`` for images, ``MLP`` for toy 2-D data (denoisers),
+``NoisyClassifier`` (classifier guidance), and the VAEs ``MLPVAE`` and ``ConvVAE``.
 
 ``build_network(name, **kwargs)`` builds one from a config; ``NETWORKS`` is the registry.
 """
@@ -12,8 +12,10 @@ from genmodels.errors import ConfigError
 from genmodels.nn.classifier import NoisyClassifier
 from genmodels.nn.mlp import MLP
 from genmodels.nn.unet import UNet
+from genmodels.nn.vae_nets import ConvVAE, MLPVAE
 
-NETWORKS: dict[str, type] = {"unet": UNet, "mlp": MLP, "noisy_classifier": NoisyClassifier}
+NETWORKS: dict[str, type] = {"unet": UNet, "mlp": MLP, "noisy_classifier": NoisyClassifier,
+                             "vae_mlp": MLPVAE, "vae_conv": ConvVAE}
 
 
 def build_network(name: str, **kwargs) -> nn.Module:
@@ -29,4 +31,4 @@ def build_network(name: str, **kwargs) -> nn.Module:
     return cls(**kwargs)
 
 
-__all__ = ["MLP", "NETWORKS", "NoisyClassifier", "UNet", "build_network"]
+__all__ = ["MLP", "NETWORKS", "ConvVAE", "MLPVAE", "NoisyClassifier", "UNet", "build_network"]

@@ -2,5 +2,6 @@
 
 from .classifier import NoisyClassifierObjective
 from .diffusion import DiffusionObjective
+from .vae import VAEObjective
 
-__all__ = ["DiffusionObjective", "NoisyClassifierObjective"]
+__all__ = ["DiffusionObjective", "NoisyClassifierObjective", "VAEObjective"]

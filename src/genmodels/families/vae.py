@@ -1,0 +1,235 @@
+"""The VAE family: one module ("vae": encoder + decoder), one phase maximising the ELBO, one
+EMA; and the loaded model, whose ``encode`` / ``decode`` are the seam latent diffusion uses.
+
+    >>> vae = genmodels.load("runs/mnist-vae")
+    >>> x = vae.sample(64, seed=0)                    # decoder means of z ~ N(0, I), [-1, 1]
+    >>> mu, logvar = vae.encode(images); vae.decode(mu)
+    >>> vae.interpolate(a, b, steps=10, method="slerp")
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError, DataError
+from ..images import save_grid
+from ..nn import build_network
+from ..objectives.vae import IWAEBound, VAEObjective, active_units, bits_per_dim_of, get_likelihood, iwae_bound
+from ..samplers import SeededNoise
+from ..train.distributed import Dist
+from ..train.trainer import Phase
+from . import LoadedRun, TrainContext, TrainParts, register
+
+VAE_NETWORKS = ("vae_mlp", "vae_conv")
+EVAL_BINARIZE_SEED = 0  # the fixed draw that binarizes held-out images for a stochastic Bernoulli VAE
+DEFAULT_NLL_K = 1000
+
+
+class VAEFamily:
+    name = "vae"
+    frozen_sections = ("vae",)
+
+    @staticmethod
+    def likelihood(cfg):
+        return get_likelihood(cfg.vae.likelihood, binarize=cfg.vae.binarize)
+
+    def build(self, cfg, options: dict) -> dict:
+        if cfg.model.network not in VAE_NETWORKS:
+            raise ConfigError(f"family 'vae' trains model.network={' or '.join(VAE_NETWORKS)}, not "
+                              f"'{cfg.model.network}'")
+        if "params_per_channel" in options:
+            raise ConfigError("model.params_per_channel follows from vae.likelihood; remove it")
+        per_channel = self.likelihood(cfg).params_per_channel
+        return {"vae": build_network(cfg.model.network, **options, params_per_channel=per_channel)}
+
+    def training(self, ctx: TrainContext) -> TrainParts:
+        cfg = ctx.cfg
+        v = cfg.vae
+        likelihood = self.likelihood(cfg)
+        objective = VAEObjective(likelihood, v.beta, v.kl_warmup_images, v.free_bits)
+        net = ctx.modules["vae"]
+        train_net = ctx.wrap(net)
+
+        def loss(batch, generator):
+            on_device = ctx.to_device(batch)
+            with ctx.autocast_context():
+                return objective(train_net, on_device, generator=generator, images_seen=ctx.images_seen())
+
+        ema = ctx.ema("vae")
+        phase = Phase("vae", train_net, loss, ctx.adamw(net.parameters()), cfg.train.grad_clip)
+        averaged = VAEPipeline(None, cfg, ema.module, likelihood, ctx.dataset.shape, (), ctx.device)
+
+        def preview(png_path):
+            """Rows: 8 training images, their reconstructions, 16 prior samples."""
+            x = ctx.dataset.x[:8]
+            grid = torch.cat([averaged.inputs(x).cpu(), averaged.reconstruct(x), averaged.draw(range(16))])
+            save_grid(grid, png_path, nrow=8, scale=2)
+
+        evaluate = None
+        if cfg.train.eval_every_images and ctx.dist.is_main:
+            from ..metrics.protocol import proxy_evaluator
+
+            evaluate = proxy_evaluator(cfg, ctx.dataset, lambda seeds, labels=None: averaged.draw(seeds),
+                                       n=cfg.train.eval_n)
+        return TrainParts([phase], {"vae": ema}, preview=preview, evaluate=evaluate)
+
+    def load(self, run: LoadedRun) -> VAEPipeline:
+        return VAEPipeline(run.run_dir, run.config, run.modules["vae"], self.likelihood(run.config),
+                           run.data_shape, run.class_names, run.device)
+
+
+@dataclass
+class VAEPipeline:
+    """A trained VAE: prior samples, encode / decode, reconstructions, interpolations, and the
+    IWAE likelihood bound. Images are [-1, 1] NCHW; decoded images are the likelihood's means."""
+
+    run_dir: Path | None
+    config: object
+    net: torch.nn.Module
+    likelihood: object
+    data_shape: tuple
+    class_names: tuple
+    device: torch.device
+    nll_method = "iwae"
+    net_num_classes = None  # unconditional
+
+    @property
+    def latent_dim(self) -> int:
+        return self.net.latent_dim
+
+    # ---- sampling -------------------------------------------------------------------------
+    def sample_settings(self, **given) -> dict:
+        """A VAE samples in one decoder pass: diffusion sampler settings do not apply."""
+        named = [k for k, v in given.items() if v is not None]
+        if named:
+            raise ConfigError(f"a VAE samples in one decoder pass; {', '.join(named)} do(es) not apply to it")
+        return {}
+
+    @torch.inference_mode()
+    def draw(self, seeds, *, temperature: float = 1.0, batch_size: int = 256) -> torch.Tensor:
+        """Decoder means of z_i ~ N(0, temperature^2 I), z_i drawn from seed i alone."""
+        seeds = list(seeds)
+        out = []
+        for start in range(0, len(seeds), batch_size):
+            z = SeededNoise(seeds[start:start + batch_size], (self.latent_dim,), device=self.device)()
+            out.append(self.decode(z * temperature))
+        return torch.cat(out)
+
+    def sample(self, n=64, *, seed=0, batch_size=64, progress=False, dist: Dist = Dist(), labels=None,
+               temperature=1.0, **options) -> torch.Tensor:
+        """``n`` prior samples; sample i uses seed ``seed + i``. ``temperature`` scales the prior's
+        std (< 1: cleaner, less varied digits). Under torchrun each rank decodes its share."""
+        if options:
+            raise ConfigError(f"a VAE samples in one decoder pass; {', '.join(sorted(options))} do(es) not "
+                              "apply to it (those are diffusion sampler options)")
+        if labels is not None:
+            raise ConfigError("this VAE is not class-conditional; drop the class labels")
+        if n < 1:
+            raise ConfigError(f"n must be >= 1, got {n}")
+        seeds = range(seed, seed + n)
+        starts = range(0, n, batch_size)
+        mine = {s: self.draw(seeds[s:s + batch_size], temperature=temperature) for s in starts[dist.rank::dist.world_size]}
+        drawn = {s: x for part in dist.all_gather_objects(mine) for s, x in part.items()}
+        return torch.cat([drawn[s] for s in starts])
+
+    # ---- the latent seam ------------------------------------------------------------------
+    def _check(self, x) -> torch.Tensor:
+        x = torch.as_tensor(x, dtype=torch.float32)
+        if x.ndim == len(self.data_shape):
+            x = x[None]
+        if tuple(x.shape[1:]) != tuple(self.data_shape):
+            raise DataError(f"images of shape {tuple(x.shape[1:])} do not fit this VAE's "
+                              f"{tuple(self.data_shape)} (C, H, W)")
+        return x.to(self.device)
+
+    def inputs(self, x) -> torch.Tensor:
+        """What the encoder sees for images ``x``: binarized (a fixed draw, or the threshold) for
+        a Bernoulli VAE, the pixels themselves otherwise."""
+        x = self._check(x)
+        if self.likelihood.name == "bernoulli":
+            g = torch.Generator().manual_seed(EVAL_BINARIZE_SEED)
+            return self.likelihood.target(x.cpu(), generator=g).to(self.device)
+        return x
+
+    @torch.inference_mode()
+    def encode(self, x) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, logvar) of q(z|x), each [N, latent_dim], for images ``x`` in [-1, 1]."""
+        return self.net.encode(self.inputs(x))
+
+    @torch.inference_mode()
+    def decode(self, z) -> torch.Tensor:
+        """The decoder's mean image for latents ``z`` [N, latent_dim], in [-1, 1], on the CPU."""
+        z = torch.as_tensor(z, dtype=torch.float32)
+        if z.ndim != 2 or z.shape[1] != self.latent_dim:
+            raise ConfigError(f"latents must have shape [N, {self.latent_dim}], got {list(z.shape)}")
+        return self.likelihood.mean(self.net.decode(z.to(self.device))).float().cpu()
+
+    def reconstruct(self, x) -> torch.Tensor:
+        """decode(posterior mean of x)."""
+        return self.decode(self.encode(x)[0])
+
+    def interpolate(self, a, b, *, steps: int = 10, method: str = "slerp") -> torch.Tensor:
+        """``steps`` images decoded along the path between the posterior means of images ``a``
+        and ``b`` (endpoints included): ``linear`` or ``slerp`` (spherical, White 2016, which
+        keeps the norm a Gaussian prior expects)."""
+        if steps < 2:
+            raise ConfigError(f"steps must be >= 2 (the two endpoints), got {steps}")
+        za, zb = self.encode(a)[0][0], self.encode(b)[0][0]
+        return self.decode(interpolate_latents(za, zb, steps=steps, method=method))
+
+    # ---- likelihood -------------------------------------------------------------------------
+    def nll_settings(self, *, k=None) -> dict:
+        return {"nll_k": DEFAULT_NLL_K if k is None else k}
+
+    @torch.inference_mode()
+    def iwae(self, x, *, k: int = DEFAULT_NLL_K, generator=None, batch_size: int = 64,
+             progress: bool = False) -> IWAEBound:
+        """The IWAE_k bound of held-out images ``x`` (binarized or dequantized as the likelihood
+        needs: Bernoulli by its fixed evaluation draw, Gaussian by ``generator``)."""
+        from tqdm.auto import tqdm
+
+        x = self._check(x)
+        if self.likelihood.name == "bernoulli":
+            target = self.inputs(x)
+        else:
+            target = self.likelihood.target(x.cpu(), generator=generator).to(self.device)
+        parts = []
+        for start in tqdm(range(0, len(x), batch_size), desc=f"IWAE k={k}", disable=not progress, leave=False):
+            parts.append(iwae_bound(self.net, self.likelihood, target[start:start + batch_size], k, generator=generator))
+        return IWAEBound(torch.cat([p.log_px for p in parts]).cpu(), torch.cat([p.elbo for p in parts]).cpu(), k)
+
+    def nll_scores(self, x, *, generator=None, progress=False, nll_k=DEFAULT_NLL_K) -> dict:
+        """-IWAE_k and -ELBO of ``x`` in nats per image and bits per dimension, and the active
+        units of the encoder over ``x`` (Burda et al. 2016)."""
+        bound = self.iwae(x, k=nll_k, generator=generator, progress=progress)
+        dims = math.prod(self.data_shape)
+        units, _ = active_units(self.encode(x)[0])
+        return {"nll_nats": -bound.log_px.mean().item(),
+                "nll_bpd": bits_per_dim_of(bound.log_px, dims, self.likelihood).mean().item(),
+                "neg_elbo_nats": -bound.elbo.mean().item(), "active_units": units}
+
+
+def interpolate_latents(za: torch.Tensor, zb: torch.Tensor, *, steps: int, method: str = "slerp") -> torch.Tensor:
+    """[steps, J] latents from ``za`` to ``zb``: linear, or spherical (slerp, White 2016, on the
+    directions: equal angles per step; the norm interpolated linearly, so both endpoints are
+    exact and equal-norm endpoints give White's formula)."""
+    t = torch.linspace(0, 1, steps, dtype=torch.float64)[:, None]
+    a, b = za.double().cpu(), zb.double().cpu()
+    if method == "linear":
+        return ((1 - t) * a + t * b).float()
+    if method != "slerp":
+        raise ConfigError(f"interpolation method must be linear or slerp, got {method!r}")
+    na, nb = a.norm(), b.norm()
+    cos = (a @ b / (na * nb).clamp(min=1e-12)).clamp(-1, 1)
+    omega = torch.arccos(cos)
+    if omega < 1e-4:  # (anti-)parallel or zero: the great circle is undefined, the line is not
+        return ((1 - t) * a + t * b).float()
+    direction = (torch.sin((1 - t) * omega) * a / na + torch.sin(t * omega) * b / nb) / torch.sin(omega)
+    return (direction * ((1 - t) * na + t * nb)).float()
+
+
+register(VAEFamily())
