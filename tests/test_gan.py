@@ -252,3 +252,18 @@ def test_gan_nets_output_shapes():
     assert d(torch.randn(3, 1, 28, 28)).shape == (3,)
     mg, md = G.MLPGenerator(z_dim=4), G.MLPDiscriminator(spectral_norm=True)
     assert mg(torch.randn(5, 4)).shape == (5, 2) and md(torch.randn(5, 2)).shape == (5,)
+
+
+def test_sobel_edges_of_a_step_and_the_edges_dataset():
+    from genmodels.data import InfiniteBatches, load_dataset
+    from genmodels.data.datasets import sobel_edges
+
+    x = -torch.ones(1, 1, 6, 6)
+    x[..., 3:] = 1.0  # a vertical step from 0 to 1 in [0, 1] intensities
+    e = sobel_edges(x)
+    # Sobel x-response at the two columns beside the step is 1 + 2 + 1 = 4: magnitude / 2 saturates
+    assert (e[0, 0, :, 2:4] == 1).all() and (e[0, 0, :, :2] == -1).all() and (e[0, 0, :, 4:] == -1).all()
+    data = load_dataset("edges:mnist", split="test")
+    assert data.cond.shape == data.x.shape and data.y is not None
+    batch = next(InfiniteBatches(data, 4, seed=0))
+    torch.testing.assert_close(batch["cond"], sobel_edges(batch["x"]))
