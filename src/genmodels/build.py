@@ -62,9 +62,8 @@ def _fill(options: dict, key: str, value: int, cfg) -> None:
                           f"remove model.{key} or set data.image_size/data.channels to match")
 
 
-def build_diffusion(cfg, options: dict):
-    """(net, path, param, objective) of a diffusion run; the net is built on the CPU."""
-    net = build_network(cfg.model.network, **options)
+def diffusion_parts(cfg, options: dict):
+    """(path, param, objective) of a diffusion run, its config checked."""
     path = build_path(cfg.diffusion)
     param = get_parameterization(cfg.diffusion.prediction)
     label_dropout = cfg.diffusion.label_dropout
@@ -77,17 +76,30 @@ def build_diffusion(cfg, options: dict):
                           "diffusion.path=rectified_flow (or prediction eps | x0 | v)")
     objective = DiffusionObjective(path, param, cfg.diffusion.min_snr_gamma, label_dropout,
                                    options.get("num_classes"), cfg.diffusion.coupling)
-    return net, path, param, objective
+    return path, param, objective
+
+
+def classifier_parts(cfg):
+    """(path, None, objective) of a noise-aware classifier run: no parameterization."""
+    if cfg.model.network != "noisy_classifier":
+        raise ConfigError(f"family 'classifier' trains model.network=noisy_classifier, not "
+                          f"'{cfg.model.network}'")
+    path = build_path(cfg.diffusion)
+    return path, None, NoisyClassifierObjective(path)
+
+
+def build_diffusion(cfg, options: dict):
+    """(net, path, param, objective) of a diffusion run; the net is built on the CPU."""
+    net = build_network(cfg.model.network, **options)
+    return (net, *diffusion_parts(cfg, options))
 
 
 def build_family(cfg, options: dict):
-    """(net, path, param, objective) of the run's family; param is None for a classifier."""
+    """(net, path, param, objective) of a diffusion or classifier run; param is None for a
+    classifier. Other families build through ``genmodels.families``."""
     if cfg.family == "classifier":
-        if cfg.model.network != "noisy_classifier":
-            raise ConfigError(f"family 'classifier' trains model.network=noisy_classifier, not "
-                              f"'{cfg.model.network}'")
-        path = build_path(cfg.diffusion)
-        return build_network("noisy_classifier", **options), path, None, NoisyClassifierObjective(path)
+        path, param, objective = classifier_parts(cfg)
+        return build_network("noisy_classifier", **options), path, param, objective
     return build_diffusion(cfg, options)
 
 

@@ -130,10 +130,11 @@ def parse_classes(text, n, per_class, pipe, classifier=None):
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--n", "--num-samples", "n", default=64, show_default=True,
               help="Number of samples (under torchrun write --num-samples: its own parser takes --n).")
-@click.option("--sampler", default="ddim", show_default=True,
-              help="ddim | ddpm | euler | euler_ancestral | heun | dpmpp_2m | dpmpp_2m_sde | unipc | rk45.")
-@click.option("--steps", default=50, show_default=True,
-              help="Sampling steps (network evaluations; heun uses 2 per step but the last).")
+@click.option("--sampler", default=None,
+              help="Diffusion runs: ddim (default) | ddpm | euler | euler_ancestral | heun | dpmpp_2m | "
+                   "dpmpp_2m_sde | unipc | rk45.")
+@click.option("--steps", default=None, type=int,
+              help="Sampling steps, default 50 (network evaluations; heun uses 2 per step but the last).")
 @click.option("--eta", default=None, type=float, help="Ancestral noise (ddim, euler_ancestral, dpmpp_2m_sde).")
 @click.option("--spacing", default=None,
               help="Noise grid: leading | trailing | linspace (timesteps) | karras | logsnr.")
@@ -141,13 +142,13 @@ def parse_classes(text, n, per_class, pipe, classifier=None):
               help="Top noise level of karras/logsnr grids (EDM: 80; heun needs a cap on cosine DDPMs).")
 @click.option("--class", "class_", default=None, help="Class index or name, or 'all' (a row per class).")
 @click.option("--per-class", default=8, show_default=True, help="Samples per class with --class all.")
-@click.option("--guidance", default=1.0, show_default=True,
-              help="Classifier-free guidance scale w (1 conditional, 0 unconditional).")
+@click.option("--guidance", default=None, type=float,
+              help="Classifier-free guidance scale w (1 conditional, the default; 0 unconditional).")
 @click.option("--guidance-interval", default=None, help="LO,HI: guide only for sigma in [LO, HI].")
 @click.option("--threshold", default=None, type=float, help="Dynamic thresholding percentile, e.g. 0.995.")
 @click.option("--classifier", default=None, type=click.Path(path_type=Path),
               help="A noise-aware classifier run (config mnist-noisy-classifier) for classifier guidance.")
-@click.option("--classifier-scale", default=1.0, show_default=True, help="Classifier guidance scale.")
+@click.option("--classifier-scale", default=None, type=float, help="Classifier guidance scale (default 1).")
 @click.option("--churn", default=None, type=float, help="EDM s_churn for euler and heun.")
 @click.option("--order", default=None, type=int, help="UniPC order (1-3).")
 @click.option("--seed", default=0, show_default=True, help="Sample i uses seed + i.")
@@ -168,13 +169,14 @@ def sample(run_dir, n, sampler, steps, eta, spacing, sigma_max, class_, per_clas
     pipe = load(run_dir, device=rank_device, weights=weights)
     classifier = None if classifier is None else load_classifier(classifier, device=device)
     labels, n, nrow = parse_classes(class_, n, per_class, pipe, classifier)
-    options = {k: v for k, v in (("s_churn", churn), ("order", order)) if v is not None}
+    # Only the options given reach the pipeline: each family refuses the ones it has no use for.
+    options = dict(sampler=sampler, steps=steps, eta=eta, spacing=spacing, sigma_max=sigma_max,
+                   guidance=guidance, guidance_interval=parse_interval(guidance_interval),
+                   dynamic_threshold=threshold, classifier=classifier, classifier_scale=classifier_scale,
+                   s_churn=churn, order=order)
+    options = {k: v for k, v in options.items() if v is not None}
     t0 = time.perf_counter()
-    x = pipe.sample(n, seed=seed, sampler=sampler, steps=steps, eta=eta, spacing=spacing, sigma_max=sigma_max,
-                    labels=labels,
-                    guidance=guidance, guidance_interval=parse_interval(guidance_interval),
-                    dynamic_threshold=threshold, classifier=classifier, classifier_scale=classifier_scale,
-                    batch_size=batch_size, dist=dist, **options)
+    x = pipe.sample(n, seed=seed, labels=labels, batch_size=batch_size, dist=dist, **options)
     dt = time.perf_counter() - t0
     if dist.is_main:
         click.echo(f"{write_samples(x, out, nrow=nrow)} ({dt:.1f} s, {1000 * dt / n:.1f} ms per sample)")

@@ -97,7 +97,8 @@ def run(run_dir, metrics, n, seeds, real, fake, features, sampler, steps, eta, w
         click.echo(f"features: {p['features']}; reference: {p['reference']}")
     elif "reference" in p:
         click.echo(f"reference: {p['reference']}")
-    what = [f"{p['n']} samples per seed ({p['sampler']}, {p['steps']} steps)"] if "reference" in p else []
+    how = f" ({p['sampler']}, {p['steps']} steps)" if "sampler" in p else ""
+    what = [f"{p['n']} samples per seed{how}"] if "reference" in p else []
     if "nll_n" in p:
         what.append(f"nll of {p['nll_n']} held-out items ({p['nll_method']})")
     click.echo(f"{'; '.join(what)}; seeds {p['seeds']}, {p['weights']} weights, "

@@ -99,7 +99,7 @@ class Config:
 # Closed sets of values, checked when a config is built. Names of samplers and networks are
 # checked by their own registries, which know the full list.
 CHOICES = {
-    "family": ("diffusion", "classifier"),
+    "family": ("diffusion", "classifier", "vae", "gan"),
     "diffusion.path": ("ddpm", "vp", "rectified_flow"),
     "diffusion.t_sampling": ("uniform", "logit_normal", "max"),
     "diffusion.coupling": ("independent", "ot", "sinkhorn"),

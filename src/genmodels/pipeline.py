@@ -135,6 +135,11 @@ class Pipeline:
     def net_num_classes(self):
         return self.config.model.options.get("num_classes")
 
+    def sample_settings(self, *, sampler=None, steps=None, eta=None) -> dict:
+        """The sampler settings ``sample`` gets for these overrides: the run's own otherwise."""
+        s = self.config.sample
+        return dict(sampler=sampler or s.sampler, steps=steps or s.steps, eta=s.eta if eta is None else eta)
+
 
 def read_run_config(run_dir) -> dict:
     run_dir = Path(run_dir)
@@ -149,28 +154,59 @@ def read_run_config(run_dir) -> dict:
         raise CheckpointError(f"{path} is not valid JSON ({e})") from None
 
 
-def _load_net(run_dir, weights, *, family):
+WEIGHT_FILES = {"ema": "ema.safetensors", "model": "model.safetensors"}
+
+
+def load_run(run_dir, *, device="auto", weights="ema", family=None, channels_last=True):
+    """Rebuild a run directory's modules (its family's ``build``) with ``weights`` loaded, on
+    ``device``, frozen for inference. ``family``: refuse runs of any other family."""
+    from .families import LoadedRun, get_family
+
     run_dir = Path(run_dir)
     record = read_run_config(run_dir)
     cfg = from_dict(record["config"])
-    if cfg.family != family:
+    if family is not None and cfg.family != family:
         hint = "load it with genmodels.load_classifier / --classifier" if cfg.family == "classifier" else \
             "load it with genmodels.load"
         raise ConfigError(f"'{run_dir}' holds a {cfg.family} run, not a {family}; {hint}")
-    net, path, param, _ = build.build_family(cfg, cfg.model.options)
-    files = {"ema": "ema.safetensors", "model": "model.safetensors"}
-    if weights not in files:
-        raise ConfigError(f"weights must be one of {', '.join(files)}, got '{weights}'")
-    load_weights({"net": net}, run_dir / files[weights])
-    return record, cfg, net, path, param
+    if weights not in WEIGHT_FILES:
+        raise ConfigError(f"weights must be one of {', '.join(WEIGHT_FILES)}, got '{weights}'")
+    modules = get_family(cfg.family).build(cfg, cfg.model.options)
+    if weights == "ema":  # modules without an EMA (a GAN's discriminator) keep their raw weights
+        averaged = {k.split(".", 1)[0] for k in safe_open_keys(run_dir / WEIGHT_FILES["ema"])}
+        load_weights({k: m for k, m in modules.items() if k in averaged}, run_dir / WEIGHT_FILES["ema"])
+        rest = {k: m for k, m in modules.items() if k not in averaged}
+        if rest:
+            load_weights(rest, run_dir / WEIGHT_FILES["model"])
+    else:
+        load_weights(modules, run_dir / WEIGHT_FILES[weights])
+    device = _device(device)
+    # The memory format the run trained in: convolutions round differently in channels_last,
+    # and sampling in the same format keeps samples bit-identical to the trainer's previews.
+    images = len(record["data_shape"]) == 3
+    memory_format = torch.channels_last if channels_last and cfg.train.channels_last and images \
+        else torch.contiguous_format
+    for module in modules.values():
+        module.to(device=device, memory_format=memory_format).eval().requires_grad_(False)
+    return LoadedRun(run_dir, record, cfg, modules, device)
+
+
+def safe_open_keys(path) -> list[str]:
+    """The tensor names in a safetensors file, without reading the tensors."""
+    from safetensors import safe_open
+
+    if not Path(path).is_file():
+        raise CheckpointError(f"weights file '{path}' is missing")
+    with safe_open(str(path), framework="pt") as f:
+        return list(f.keys())
 
 
 def load_classifier(run_dir, *, device="auto", weights="ema"):
     """A noise-aware classifier run (family: classifier) as ``classifier(x, sigma) -> logits`` on
     VE states, ready for ``genmodels.diffusion.guidance.ClassifierGuidance``."""
-    _, _, net, path, _ = _load_net(run_dir, weights, family="classifier")
-    net = net.to(build.resolve_device(device)).eval().requires_grad_(False)
-    return NoisyClassifierOnVE(net, path)
+    run = load_run(run_dir, device=device, weights=weights, family="classifier", channels_last=False)
+    path, _, _ = build.classifier_parts(run.config)
+    return NoisyClassifierOnVE(run.modules["net"], path)
 
 
 def _device(device) -> torch.device:
@@ -178,15 +214,10 @@ def _device(device) -> torch.device:
     return device if isinstance(device, torch.device) else build.resolve_device(device)
 
 
-def load(run_dir, *, device="auto", weights="ema") -> Pipeline:
-    """Rebuild a trained model from ``run_dir`` (config.json + safetensors)."""
-    run_dir = Path(run_dir)
-    record, cfg, net, path, param = _load_net(run_dir, weights, family="diffusion")
-    device = _device(device)
-    # The memory format the run trained in: convolutions round differently in channels_last,
-    # and sampling in the same format keeps samples bit-identical to the trainer's previews.
-    images = len(record["data_shape"]) == 3
-    memory_format = torch.channels_last if cfg.train.channels_last and images else torch.contiguous_format
-    net = net.to(device=device, memory_format=memory_format).eval().requires_grad_(False)
-    return Pipeline(run_dir, cfg, net, path, param, tuple(record["data_shape"]),
-                    tuple(record.get("class_names", ())), device)
+def load(run_dir, *, device="auto", weights="ema"):
+    """Rebuild a trained model from ``run_dir`` (config.json + safetensors): its family's
+    pipeline, with ``sample(n, seed=)`` for every family."""
+    from .families import get_family
+
+    run = load_run(run_dir, device=device, weights=weights)
+    return get_family(run.config.family).load(run)

@@ -20,17 +20,40 @@ def read_metrics(run_dir) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+BOOKKEEPING = ("step", "images", "lr", "img_per_s", "elapsed_s", "eval", "eval_s", "n")
+
+
+def logged_series(rows: list[dict]) -> list[str]:
+    """The scalar names the training rows log: "loss" first, then the phases' own (per-phase
+    losses, gradient norms, recon/KL, D(real)...), in the order they first appear."""
+    names = ["loss"]
+    for row in rows:
+        names += [k for k, v in row.items() if k not in names and k not in BOOKKEEPING
+                  and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return names
+
+
 def plot_loss(run_dir, png_path) -> Path | None:
-    """Training loss against images seen (log scale); None when nothing was logged."""
+    """Training loss against images seen, one panel per logged scalar (log scale where every
+    value is positive); None when nothing was logged."""
     rows = [r for r in read_metrics(run_dir) if "loss" in r and "images" in r]
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
-    ax.plot([r["images"] for r in rows], [r["loss"] for r in rows], lw=1.2)
-    ax.set_xlabel("training images seen")
-    ax.set_ylabel("loss (per-sample MSE)")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
+    names = logged_series(rows)
+    cols = min(3, len(names))
+    nrows = -(-len(names) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(6 if cols == 1 else 4 * cols, 3.5 * nrows), dpi=110,
+                             squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        points = [(r["images"], r[name]) for r in rows if name in r]
+        ax.plot(*zip(*points), lw=1.2)
+        ax.set_xlabel("training images seen")
+        ax.set_ylabel("loss (per-sample objective)" if name == "loss" else name)
+        if all(v > 0 for _, v in points):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
     fig.tight_layout()
     atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)

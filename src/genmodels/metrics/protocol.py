@@ -181,11 +181,13 @@ def summarize(per_seed: list[dict]) -> tuple[dict, dict]:
 
 def evaluate_run(run_dir, *, metrics=None, n=5000, seeds=(0, 1, 2), sampler=None, steps=None,
                  eta=None, features=None, weights="ema", nll_n=64, nll_steps=None, nll_method="auto",
-                 batch_size=64, device="auto", progress=True, log=True, proxy=False) -> EvalResult:
+                 nll_k=None, batch_size=64, device="auto", progress=True, log=True,
+                 proxy=False) -> EvalResult:
     """Sample run ``run_dir`` per the protocol and score it; appends a row to its metrics.jsonl
     (unless ``log`` is False). ``nll_steps`` K estimates the DDPM bound from K of its T steps;
     ``nll_method`` "auto" takes the bound for discrete DDPM paths and the PF-ODE otherwise,
-    "ode" forces the PF-ODE (a DDPM net is then queried between its steps)."""
+    "ode" forces the PF-ODE (a DDPM net is then queried between its steps). Families whose
+    pipeline has its own ``nll_scores`` (a VAE's IWAE bound with ``nll_k`` samples) use it."""
     from ..pipeline import load
 
     pipe = load(run_dir, device=device, weights=weights)
@@ -201,13 +203,15 @@ def evaluate_run(run_dir, *, metrics=None, n=5000, seeds=(0, 1, 2), sampler=None
         raise ConfigError("cacc (conditional accuracy) needs a class-conditional model; this one is not")
     if n < 2:
         raise ConfigError(f"n must be at least 2, got {n}")
-    sampling = dict(sampler=sampler or cfg.sample.sampler, steps=steps or cfg.sample.steps,
-                    eta=cfg.sample.eta if eta is None else eta)
+    sampling = pipe.sample_settings(sampler=sampler, steps=steps, eta=eta)
     timings = {}
     protocol = {"run": str(run_dir), "images_seen": _images_seen(run_dir), "weights": weights,
                 "n": n, "seeds": list(seeds), **sampling, "metrics": list(metrics), "proxy": proxy}
     if "nll" in metrics:
-        protocol.update(nll_n=nll_n, nll_steps=nll_steps, nll_method=nll_method)
+        if hasattr(pipe, "nll_scores"):
+            protocol.update(nll_n=nll_n, nll_method=pipe.nll_method, **pipe.nll_settings(k=nll_k))
+        else:
+            protocol.update(nll_n=nll_n, nll_steps=nll_steps, nll_method=nll_method)
 
     sample_metrics = [m for m in metrics if m != "nll"]
     if images and sample_metrics:
@@ -241,8 +245,8 @@ def evaluate_run(run_dir, *, metrics=None, n=5000, seeds=(0, 1, 2), sampler=None
             timings["toy"] = timings.get("toy", 0.0) + time.perf_counter() - start
         if "nll" in metrics:
             start = time.perf_counter()
-            row.update(_nll(pipe, nll_n=nll_n, nll_steps=nll_steps, method=nll_method, seed=seed,
-                            progress=progress))
+            row.update(_nll(pipe, nll_n=nll_n, nll_steps=nll_steps, method=nll_method, nll_k=nll_k,
+                            seed=seed, progress=progress))
             timings["nll"] = timings.get("nll", 0.0) + time.perf_counter() - start
         per_seed.append(row)
     mean, std = summarize(per_seed)
@@ -265,8 +269,9 @@ def _image_reference(dataset, features, progress):
     return net, reference_features(dataset, net, progress=progress)
 
 
-def _nll(pipe, *, nll_n, nll_steps, method, seed, progress) -> dict:
-    """Likelihood of held-out data: the DDPM bound, or the PF-ODE on dequantized data."""
+def _nll(pipe, *, nll_n, nll_steps, method, nll_k, seed, progress) -> dict:
+    """Likelihood of held-out data: the family's own bound where it has one, else the DDPM
+    bound or the PF-ODE on dequantized data."""
     from ..diffusion import DiscreteDDPM
 
     cfg = pipe.config
@@ -278,6 +283,8 @@ def _nll(pipe, *, nll_n, nll_steps, method, seed, progress) -> dict:
     else:
         test = load_dataset(cfg.data.name, split="test", n_points=nll_n, seed=0)
     x = test.x[:nll_n].to(pipe.device)
+    if hasattr(pipe, "nll_scores"):
+        return pipe.nll_scores(x, generator=g, progress=progress, **pipe.nll_settings(k=nll_k))
     cond = {"y": test.y[:nll_n].to(pipe.device)} if pipe.net_num_classes is not None else None
     path = pipe.path
     if method not in ("auto", "vlb", "ode"):
@@ -336,16 +343,14 @@ def _fmt(v) -> str:
 PROXY_SEED = 10**9  # proxy samples use seeds PROXY_SEED + i: the same images at every row
 
 
-def proxy_evaluator(cfg, dataset, denoiser_fn, path, device, *, n):
+def proxy_evaluator(cfg, dataset, draw, *, n):
     """A callable for the trainer's ``evaluate`` hook, or None where no cheap judge exists.
 
-    Each call draws ``n`` samples from ``denoiser_fn()`` (the current EMA weights) with fixed
-    seeds and the preview's sampler settings, and returns a small "proxy" row: fd_cnn and KID
+    Each call draws ``n`` samples with ``draw(seeds, labels)`` (the family's sampler on the
+    current EMA weights) with fixed seeds, and returns a small "proxy" row: fd_cnn and KID
     against the reference split for built-in image sets, W2 and MMD for toy sets. The feature
     network and reference features are built here, before training, so no row stalls on them.
     """
-    from ..pipeline import generate
-
     images = dataset.kind == "image"
     if images and cfg.data.name not in REFERENCE_SPLITS:
         return None
@@ -358,9 +363,7 @@ def proxy_evaluator(cfg, dataset, denoiser_fn, path, device, *, n):
 
     def evaluate() -> dict:
         start = time.perf_counter()
-        x = generate(denoiser_fn(), path, shape=dataset.shape, seeds=range(PROXY_SEED, PROXY_SEED + n),
-                     sampler=cfg.sample.sampler, steps=min(cfg.sample.steps, 25), eta=cfg.sample.eta,
-                     labels=labels, device=device)
+        x = draw(range(PROXY_SEED, PROXY_SEED + n), labels)
         if images:
             fake = net.features(x.clamp(-1, 1))
             scores = {f"fd_{net.tag}": fd(reference, fake),

@@ -2,7 +2,9 @@
 checkpoints that resume exactly, progress, previews and a metrics log.
 
 A family hands the trainer its modules and one ``Phase`` per optimizer (diffusion: one; a GAN:
-the discriminator step then the generator step). The trainer reduces the per-sample losses.
+the discriminator step then the generator step). The trainer reduces the per-sample losses and
+averages each phase's extra scalars (its ``logs``, e.g. reconstruction and KL, D(real)) into the
+metrics rows, beside every phase's loss and gradient norm.
 
 Under torchrun every rank runs this same loop on its own shards (``distributed.py``); ranks talk
 only in DDP's gradient all-reduce, at log rows and at checkpoints, and rank 0 alone writes.
@@ -37,7 +39,11 @@ class Interrupted(GenmodelsError):
 
 @dataclass
 class Phase:
-    """One optimizer step on ``module`` minimising ``loss(batch, generator) -> (loss [B], logs)``."""
+    """One optimizer step on ``module`` minimising ``loss(batch, generator) -> (loss [B], logs)``.
+
+    ``logs`` maps names to tensors (a scalar or one value per sample) that the metrics rows
+    average; names must be unique over the phases of a run.
+    """
 
     name: str
     module: nn.Module
@@ -79,6 +85,10 @@ class Trainer:
         self.images_per_step = images_per_step or cfg.batch_size
         self.progress = Progress()
         self._stop_requested = False
+        self.last_logs: dict[str, torch.Tensor] = {}  # the scalars of the last step, on the device
+        # Each phase's own rates as built from the config (D and G of a GAN may differ); warm-up
+        # scales them. Taken now, so a resume with a new train.lr uses the new rate.
+        self._base_lrs = {p.name: [g["lr"] for g in p.optimizer.param_groups] for p in phases}
 
     # ---- checkpoints -------------------------------------------------------------------
     def save(self) -> None:
@@ -123,10 +133,14 @@ class Trainer:
         self.progress = Progress(state["step"], state["images_seen"], dict(state["last"]))
 
     # ---- the loop ----------------------------------------------------------------------
-    def lr_at(self, images_seen: int) -> float:
-        """Linear warm-up over ``warmup_images``, then constant."""
+    def warmup(self, images_seen: int) -> float:
+        """The learning-rate factor: linear warm-up over ``warmup_images``, then 1."""
         warmup = self.cfg.warmup_images
-        return self.cfg.lr * (min(1.0, (images_seen + 1) / warmup) if warmup else 1.0)
+        return min(1.0, (images_seen + 1) / warmup) if warmup else 1.0
+
+    def lr_at(self, images_seen: int) -> float:
+        """``cfg.lr`` warmed up: what a phase built with the default learning rate uses."""
+        return self.cfg.lr * self.warmup(images_seen)
 
     def step(self) -> torch.Tensor:
         """Fetch this rank's micro-batches and train on them; returns the mean loss (not synced)."""
@@ -134,26 +148,35 @@ class Trainer:
 
     def train_step(self, micro_batches: list) -> torch.Tensor:
         """All phases once on ``micro_batches`` (one per shard of this rank), accumulating their
-        gradients; returns the first phase's mean loss (not synced). DDP averages the
-        gradients over ranks in the backward pass of the last micro-batch."""
-        lr = self.lr_at(self.progress.images_seen)
+        gradients; returns the first phase's mean loss (not synced), and leaves every phase's
+        loss, gradient norm (when clipped) and logs in ``last_logs``. DDP averages the gradients
+        over ranks in the backward pass of the last micro-batch."""
+        factor = self.warmup(self.progress.images_seen)
         n = len(micro_batches)
-        losses = []
+        losses, scalars = [], {}
         for phase in self.phases:
             phase.optimizer.zero_grad(set_to_none=True)
-            total = 0.0
+            total, logged = 0.0, {}
             for i, (batch, generator) in enumerate(zip(micro_batches, self.generators, strict=True)):
                 with _skip_grad_sync(phase.module, i < n - 1):
-                    loss, _ = phase.loss(batch, generator)
+                    loss, logs = phase.loss(batch, generator)
                     loss = loss.mean()
                     (loss / n).backward()  # the step's gradient: the mean over all micro-batches
                 total = total + loss.detach()
+                for key, value in logs.items():
+                    logged[key] = logged.get(key, 0.0) + value.detach().float().mean() / n
             if phase.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(phase.module.parameters(), phase.grad_clip)
-            for group in phase.optimizer.param_groups:
-                group["lr"] = lr
+                # the norm comes for free with clipping; a sync-free tensor until the log row
+                norm = torch.nn.utils.clip_grad_norm_(phase.module.parameters(), phase.grad_clip)
+                scalars[f"grad_norm_{phase.name}"] = norm.detach().float()
+            for group, base_lr in zip(phase.optimizer.param_groups, self._base_lrs[phase.name]):
+                group["lr"] = base_lr * factor
             phase.optimizer.step()
             losses.append(total / n)
+            if len(self.phases) > 1:
+                scalars[f"loss_{phase.name}"] = losses[-1]
+            scalars.update(logged)
+        self.last_logs = scalars
         self.progress.step += 1
         self.progress.images_seen += self.images_per_step
         for name, ema in self.emas.items():
@@ -167,15 +190,16 @@ class Trainer:
     def _mark(self, what: str) -> None:
         self.progress.last[what] = self.progress.images_seen
 
-    def _log_interval(self, loss_sum, loss_count, start, start_images, bar, wants_stop=False) -> bool:
-        """Append the mean loss since the last row (over all ranks) to metrics.jsonl and show it
-        on the bar; returns whether any rank asked to stop (time budget or Ctrl-C)."""
+    def _log_interval(self, sums: "_Sums", start, start_images, bar, wants_stop=False) -> bool:
+        """Append the mean loss and logs since the last row (over all ranks) to metrics.jsonl
+        and show the loss on the bar; returns whether any rank asked to stop (time budget or
+        Ctrl-C)."""
         self._mark("log")
-        loss, stop = self._mean_loss(loss_sum, loss_count, wants_stop)
+        loss, logs, stop = self._reduce(sums, wants_stop)
         elapsed = time.monotonic() - start
         img_s = (self.progress.images_seen - start_images) / max(elapsed, 1e-9)
         row = {"step": self.progress.step, "images": self.progress.images_seen, "loss": loss,
-               "lr": self.lr_at(self.progress.images_seen), "img_per_s": round(img_s, 2),
+               **logs, "lr": self.lr_at(self.progress.images_seen), "img_per_s": round(img_s, 2),
                "elapsed_s": round(elapsed, 2)}
         if self.dist.is_main:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
@@ -183,15 +207,20 @@ class Trainer:
         bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{img_s:.0f}")
         return stop
 
-    def _mean_loss(self, loss_sum: torch.Tensor, count: int, wants_stop=False) -> tuple[float, bool]:
-        """Mean loss over all ranks and whether any rank wants to stop, in one all-reduce (the
-        loop's only host sync, at log rows and checkpoints); raises on a NaN/inf loss."""
-        flags = [float(count), float(self._stop_requested), float(wants_stop)]
-        packed = self.dist.all_reduce_sum(torch.cat([loss_sum.reshape(1).float(), loss_sum.new_tensor(flags)]))
-        total, count, interrupted, stop = packed.tolist()
+    def _reduce(self, sums: "_Sums", wants_stop=False) -> tuple[float, dict, bool]:
+        """Mean loss and logs over all ranks, and whether any rank wants to stop, in one
+        all-reduce (the loop's only host sync, at log rows and checkpoints); raises on a NaN/inf
+        loss."""
+        keys = sorted(sums.logs)  # the same on every rank: every rank runs the same phases
+        flags = [float(sums.count), float(self._stop_requested), float(wants_stop)]
+        values = [sums.loss.reshape(1).float(), *(sums.logs[k].reshape(1).float() for k in keys),
+                  sums.loss.new_tensor(flags)]
+        packed = self.dist.all_reduce_sum(torch.cat(values)).tolist()
+        total, logs, (count, interrupted, stop) = packed[0], packed[1:1 + len(keys)], packed[-3:]
         self._stop_requested = interrupted > 0  # a Ctrl-C on any rank stops them all
         value = self._check_finite(total / max(count, 1))
-        return value, stop > 0 or interrupted > 0
+        means = {k: v / max(count, 1) for k, v in zip(keys, logs)}
+        return value, means, stop > 0 or interrupted > 0
 
     def _check_finite(self, value: float) -> float:
         if not math.isfinite(value):
@@ -213,19 +242,18 @@ class Trainer:
         bar = tqdm(total=cfg.images, initial=self.progress.images_seen, unit="img", unit_scale=True,
                    desc="training", dynamic_ncols=True, mininterval=1.0, disable=not dist.is_main)
         restore = self._install_sigint()
-        loss_sum, loss_count = torch.zeros((), device=self.device), 0
+        sums = _Sums(self.device)
         start, start_images = time.monotonic(), self.progress.images_seen
         try:
             while self.progress.images_seen < cfg.images:
-                loss_sum += self.step()
-                loss_count += 1
+                sums.add(self.step(), self.last_logs)
                 bar.update(self.images_per_step)
                 # A single process stops at once; ranks agree on stopping at the next log row.
                 wants_stop = self._stop_requested or time.monotonic() >= deadline
                 stop = False
                 if self._due("log", cfg.log_every_images) or (wants_stop and not dist.enabled):
-                    stop = self._log_interval(loss_sum, loss_count, start, start_images, bar, wants_stop)
-                    loss_sum, loss_count = torch.zeros((), device=self.device), 0
+                    stop = self._log_interval(sums, start, start_images, bar, wants_stop)
+                    sums = _Sums(self.device)
                 if self.preview is not None and self._due("preview", cfg.sample_every_images):
                     self._mark("preview")
                     if dist.is_main:
@@ -237,13 +265,13 @@ class Trainer:
                         with open(self.run_dir / "metrics.jsonl", "a") as f:
                             f.write(json.dumps(row) + "\n")
                 if self._due("checkpoint", cfg.checkpoint_every_images):
-                    self._mean_loss(loss_sum, loss_count)  # never checkpoint a diverged run
+                    self._reduce(sums)  # never checkpoint a diverged run
                     self._mark("checkpoint")
                     self.save()
                 if stop:
                     break
-            if loss_count:  # the last, partial interval
-                self._log_interval(loss_sum, loss_count, start, start_images, bar)
+            if sums.count:  # the last, partial interval
+                self._log_interval(sums, start, start_images, bar)
             self._mark("checkpoint")
             self.save()
         finally:
@@ -271,3 +299,16 @@ class Trainer:
 def _skip_grad_sync(module: nn.Module, skip: bool):
     """DDP's ``no_sync`` for the micro-batches before the last: their gradients only accumulate."""
     return module.no_sync() if skip and hasattr(module, "no_sync") else contextlib.nullcontext()
+
+
+class _Sums:
+    """Running sums of the loss and the logged scalars between two log rows, on the device."""
+
+    def __init__(self, device):
+        self.loss, self.logs, self.count = torch.zeros((), device=device), {}, 0
+
+    def add(self, loss: torch.Tensor, logs: dict) -> None:
+        self.loss += loss
+        self.count += 1
+        for key, value in logs.items():
+            self.logs[key] = self.logs.get(key, 0.0) + value
