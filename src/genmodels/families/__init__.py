@@ -51,7 +51,7 @@ def get_family(name: str):
 
 def _load_builtin() -> None:
     # Imported here, not at the top: each family module imports this one for its helpers.
-    from . import diffusion  # noqa: F401
+    from . import diffusion, gan  # noqa: F401
 
 
 @dataclass
