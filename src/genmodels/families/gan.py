@@ -135,6 +135,46 @@ def draw(G, seeds, *, z_dim, labels=None, truncation=None, psi=1.0, mix=None, cr
     return G(z, **kwargs)
 
 
+RECALIBRATION_SEED = 2**31 - 1  # fixed: a run's samples do not depend on when it was loaded
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(G, inputs) -> None:
+    """Re-estimate G's batch-norm statistics from ``inputs`` (argument tuples for G).
+
+    The EMA averages G's weights but copies the current G's running statistics, which belong to
+    other weights: the averaged G then draws grey frames and smudges. As swa_utils.update_bn does
+    for weight averages, the statistics are recomputed (a plain mean over the batches) for the
+    weights that sample; with fixed inputs, samples stay a function of their seed."""
+    norms = [m for m in G.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    was_training, momenta = G.training, [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    G.train()
+    for args in inputs:
+        G(*args)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    G.train(was_training)
+
+
+def recalibration_inputs(G, cfg, device, *, cond=None, batches=8, batch_size=256):
+    """Fixed inputs for ``recalibrate_batchnorm``: z (and labels) from RECALIBRATION_SEED, or for
+    Pix2Pix the first training inputs ``cond``."""
+    if isinstance(G, UNetGenerator):
+        return [(cond[i:i + batch_size].to(device),) for i in range(0, min(len(cond), batches * batch_size), batch_size)]
+    gen = torch.Generator().manual_seed(RECALIBRATION_SEED)
+    num_classes = cfg.model.options.get("num_classes")
+    out = []
+    for _ in range(batches):
+        z = torch.randn(batch_size, cfg.gan.z_dim, generator=gen).to(device)
+        out.append((z,) if num_classes is None else (z, torch.randint(num_classes, (batch_size,), generator=gen).to(device)))
+    return out
+
+
 class GANFamily:
     name = "gan"
     frozen_sections = ("gan",)
@@ -196,10 +236,14 @@ class GANFamily:
 
     def _preview(self, ctx, ema):
         dataset, cfg = ctx.dataset, ctx.cfg
+        draw_from = ema.module  # its batch-norm statistics are recalibrated before each preview
+        inputs = recalibration_inputs(draw_from, cfg, ctx.device, cond=dataset.cond)
+        recalibrate = lambda: recalibrate_batchnorm(draw_from, inputs)  # noqa: E731
         if conditioning(cfg) == "image":
             cond, x = dataset.cond[:8], dataset.x[:8]
 
             def preview(png_path):  # rows: input, output, target
+                recalibrate()
                 with torch.no_grad():
                     out = ema.module(cond.to(ctx.device)).cpu()
                 save_grid(torch.cat([cond, out, x]), png_path, nrow=8, scale=2)
@@ -207,6 +251,7 @@ class GANFamily:
         num_classes = cfg.model.options.get("num_classes")
 
         def preview(png_path):
+            recalibrate()
             if dataset.kind == "image":
                 labels = [i // 2 % num_classes for i in range(16)] if num_classes else None
                 x = draw(ema.module, range(16), z_dim=cfg.gan.z_dim, labels=labels, device=ctx.device)
@@ -217,6 +262,14 @@ class GANFamily:
         return preview
 
     def load(self, run: LoadedRun):
+        G, cfg = run.modules["G"], run.config
+        cond = None
+        if isinstance(G, UNetGenerator):
+            from ..data import load_dataset
+
+            cond = load_dataset(cfg.data.name, split="train", image_size=cfg.data.image_size,
+                                channels=cfg.data.channels).cond
+        recalibrate_batchnorm(G, recalibration_inputs(G, cfg, run.device, cond=cond))
         return GANPipeline(run.run_dir, run.config, run.modules["G"], run.data_shape, run.class_names, run.device)
 
 
