@@ -96,8 +96,9 @@ def conditioning(cfg) -> str:
 
 def make_objective(cfg) -> GANObjective:
     g = cfg.gan
+    policy = tuple(a.strip() for a in g.diffaugment.split(",") if a.strip())
     return GANObjective(loss=g.loss, z_dim=g.z_dim, conditioning=conditioning(cfg), gp_weight=g.gp_weight,
-                        r1_gamma=g.r1_gamma, diffaugment=tuple(a.strip() for a in g.diffaugment.split(",") if a.strip()), style_mixing=g.style_mixing,
+                        r1_gamma=g.r1_gamma, diffaugment=policy, style_mixing=g.style_mixing,
                         l1_weight=g.l1_weight)
 
 
