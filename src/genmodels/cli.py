@@ -17,12 +17,16 @@ EXAMPLES = {
               "  genmodels sample runs/cond --class 7 --guidance 3.0 --sampler dpmpp_2m --steps 10\n"
               "  genmodels sample runs/cond --class all --guidance 3 --out classes.png  (a row per class)\n"
               "  genmodels sample runs/mnist --n 5000 --out samples.npz   (uint8 [N,H,W,C])\n"
-              "  genmodels sample runs/mnist --n 16 --out pngs/           (one PNG per sample)",
+              "  genmodels sample runs/mnist --n 16 --out pngs/           (one PNG per sample)\n"
+              "  genmodels sample runs/cgan --class 7 --truncation 0.7    (GAN: BigGAN truncation of z)\n"
+              "  genmodels sample runs/stylegan --psi 0.7 --mix 3,8       (StyleGAN: truncation in w, mixing)",
     "show": "genmodels data show mnist --out mnist.png\n  genmodels data show 8gaussians --out toy.png",
     "demo": "genmodels demo --minutes 10 --out runs/demo",
     "reflow": "genmodels reflow runs/flow --pairs 20000 --out runs/flow2 train.images=300000\n"
               "  genmodels reflow runs/flow2 --distill --out runs/flow2-1step",
     "invert": "genmodels invert runs/mnist --n 8 --steps 50 --out inversion.png",
+    "translate": "genmodels translate runs/pix2pix --input edges.png --out digit.png\n"
+                 "  genmodels translate runs/pix2pix --input digit.png --edges --out redrawn.png",
     "report": "genmodels report runs/mnist",
     "interpolate": "genmodels interpolate runs/vae --a test:0 --b test:1 --steps 10 --out interp.png\n"
                    "  genmodels interpolate runs/vae --a three.png --b eight.png --method linear",
@@ -156,6 +160,11 @@ def parse_classes(text, n, per_class, pipe, classifier=None):
 @click.option("--order", default=None, type=int, help="UniPC order (1-3).")
 @click.option("--snr", default=None, type=float, help="pc: the Langevin corrector's signal-to-noise ratio (0.16).")
 @click.option("--corrector-steps", default=None, type=int, help="pc: Langevin steps per noise level (1).")
+@click.option("--truncation", default=None, type=float,
+              help="GAN: redraw |z| entries above this threshold (BigGAN's truncation trick, e.g. 0.7).")
+@click.option("--psi", default=None, type=float, help="StyleGAN: truncation in w, w_avg + psi (w - w_avg).")
+@click.option("--mix", default=None,
+              help="StyleGAN: A,B draws a strip from seed A to seed B, taking B's styles from ever coarser layers.")
 @click.option("--seed", default=0, show_default=True, help="Sample i uses seed + i.")
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True)
@@ -163,8 +172,8 @@ def parse_classes(text, n, per_class, pipe, classifier=None):
 @click.option("--out", "out", default="samples.png", show_default=True,
               help="grid.png, samples.npz or a directory/ for one PNG per sample.")
 def sample(run_dir, n, sampler, steps, eta, spacing, sigma_max, class_, per_class, guidance, guidance_interval,
-           threshold, classifier, classifier_scale, churn, order, snr, corrector_steps, seed, batch_size, weights,
-           device, out):
+           threshold, classifier, classifier_scale, churn, order, snr, corrector_steps, truncation, psi, mix,
+           seed, batch_size, weights, device, out):
     from .pipeline import load, load_classifier
 
     from .build import resolve_device
@@ -179,10 +188,21 @@ def sample(run_dir, n, sampler, steps, eta, spacing, sigma_max, class_, per_clas
     options = dict(sampler=sampler, steps=steps, eta=eta, spacing=spacing, sigma_max=sigma_max,
                    guidance=guidance, guidance_interval=parse_interval(guidance_interval),
                    dynamic_threshold=threshold, classifier=classifier, classifier_scale=classifier_scale,
-                   s_churn=churn, order=order, snr=snr, corrector_steps=corrector_steps)
+                   s_churn=churn, order=order, snr=snr, corrector_steps=corrector_steps, truncation=truncation,
+                   psi=psi)
     options = {k: v for k, v in options.items() if v is not None}
     t0 = time.perf_counter()
-    x = pipe.sample(n, seed=seed, labels=labels, batch_size=batch_size, dist=dist, **options)
+    if mix is not None:
+        if not hasattr(pipe, "style_mixing"):
+            raise GenmodelsError(f"--mix needs a StyleGAN run; '{run_dir}' is a {pipe.config.family} run")
+        try:
+            a, b = (int(v) for v in mix.split(","))
+        except ValueError:
+            raise click.BadParameter(f"'{mix}' is not A,B (two seeds, e.g. 3,8)", param_hint="--mix") from None
+        x = pipe.style_mixing(a, b, **options)
+        n, nrow = len(x), len(x)
+    else:
+        x = pipe.sample(n, seed=seed, labels=labels, batch_size=batch_size, dist=dist, **options)
     dt = time.perf_counter() - t0
     if dist.is_main:
         click.echo(f"{write_samples(x, out, nrow=nrow)} ({dt:.1f} s, {1000 * dt / n:.1f} ms per sample)")
@@ -214,6 +234,46 @@ def invert(run_dir, n, steps, spacing, device, out):
     scale = noise.flatten(1).std(1).reshape(-1, 1, 1, 1)
     save_grid(torch.cat([test.x[:n], (noise / scale).clamp(-1, 1), recon.clamp(-1, 1)]), out, nrow=n, scale=2)
     click.echo(f"round-trip RMS error {rmse:.4f} (images in [-1, 1]) over {n} test images, {steps} steps -> {out}")
+
+
+@cli.command(help=_help("translate", "Image-to-image (Pix2Pix runs): translate an input image, e.g. an "
+                                       "edge map, into the target domain; with --edges the input is a "
+                                       "picture whose Sobel edges are translated."))
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--input", "input_", required=True, type=click.Path(path_type=Path),
+              help="An image file, a folder of images or an .npz (uint8 [N, H, W, C]).")
+@click.option("--edges", is_flag=True, help="Take the Sobel edge map of the input first (as edges:SET builds).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--out", "out", default="translated.png", show_default=True,
+              help="grid.png (rows: input, output), .npz or a directory/.")
+def translate(run_dir, input_, edges, device, out):
+    import torch
+
+    from .data.datasets import sobel_edges
+    from .data.folder import read_image
+    from .images import load_image_set
+    from .pipeline import load
+
+    pipe = load(run_dir, device=device)
+    if not hasattr(pipe, "translate"):
+        raise GenmodelsError(f"'{run_dir}' is a {pipe.config.family} run; translate needs a Pix2Pix run "
+                             "(config edges2mnist-pix2pix)")
+    channels, size = pipe.data_shape[0], pipe.data_shape[1]
+    if input_.is_file() and input_.suffix != ".npz":
+        pixels = torch.from_numpy(read_image(input_, image_size=size, channels=channels).copy())
+        x = pixels.reshape(size, size, channels).permute(2, 0, 1)[None].float().div(127.5).sub(1)
+    else:
+        x = load_image_set(input_)
+    if edges:
+        x = sobel_edges(x)
+    y = pipe.translate(x)
+    if out.endswith(".png"):
+        from .images import save_grid
+
+        save_grid(torch.cat([x, y]), out, nrow=len(x), scale=2)
+        click.echo(f"{len(x)} image(s) translated; rows input / output in {out}")
+    else:
+        click.echo(write_samples(y, out))
 
 
 @cli.command(help=_help("reflow", "Rectified flow's reflow: draw (noise, sample) pairs with a trained "

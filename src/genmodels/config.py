@@ -69,6 +69,23 @@ class VAEConfig:
 
 
 @dataclass
+class GANConfig:
+    """The GAN family's losses and regularisers (genmodels.objectives.gan) and its discriminator."""
+
+    loss: str = "non_saturating"  # minimax (saturating) | non_saturating | lsgan | wgan | hinge
+    z_dim: int = 64
+    n_critic: int = 1  # discriminator steps per generator step (WGAN-GP: 5)
+    gp_weight: float = 0.0  # WGAN-GP's lambda (Gulrajani et al.: 10)
+    r1_gamma: float = 0.0  # R1 penalty gamma / 2 * |grad D(real)|^2 (Mescheder et al. 2018)
+    diffaugment: str = ""  # comma-separated DiffAugment policy: color,translation,cutout
+    style_mixing: float = 0.0  # StyleGAN: probability of a style-mixed batch (0.9 in the paper)
+    l1_weight: float = 0.0  # Pix2Pix: weight of |G(cond) - x|_1 (100 in the paper)
+    d_lr_scale: float = 1.0  # the discriminator's learning rate is train.lr times this (TTUR)
+    grow_images: int | None = None  # progressive growing: images per fade-in and per stable stage
+    discriminator: dict = field(default_factory=lambda: {"network": "dcgan"})  # network + its options
+
+
+@dataclass
 class TrainConfig:
     batch_size: int = 64  # the global batch: images per optimizer step over all processes
     grad_accum: int = 1  # micro-batches per step and process (batch_size / (processes x grad_accum) each)
@@ -111,6 +128,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
+    gan: GANConfig = field(default_factory=GANConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
@@ -126,6 +144,7 @@ CHOICES = {
     "diffusion.prediction": ("eps", "x0", "v", "score", "edm", "velocity"),
     "vae.likelihood": ("bernoulli", "gaussian", "logistic", "discretized_gaussian"),
     "vae.binarize": ("stochastic", "threshold"),
+    "gan.loss": ("minimax", "non_saturating", "lsgan", "wgan", "hinge"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("auto", "fp32", "bf16"),
 }
@@ -134,7 +153,8 @@ POSITIVE = {
     "diffusion.p_std", "train.batch_size", "train.grad_accum", "train.lr", "train.images",
     "train.log_every_images", "train.sample_every_images", "train.checkpoint_every_images",
     "train.eval_every_images", "train.eval_n",
-    "sample.steps", "sample.n", "data.n_points",
+    "sample.steps", "sample.n", "data.n_points", "gan.z_dim", "gan.n_critic", "gan.grow_images",
+    "gan.d_lr_scale",
 }
 
 

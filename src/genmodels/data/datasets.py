@@ -9,6 +9,7 @@ with installed packages (see ASSETS.md), never the network:
 | fashion      | Debian dataset-fashion-mnist idx files    | 60,000 / 10,000   | 1 x 28 x 28  |
 | digits       | sklearn.datasets.load_digits              | 1,618 / 179       | 1 x 8 x 8    |
 | folder:PATH  | PNG/JPEG/WebP under PATH (see folder.py)  | everything / none | C x S x S    |
+| edges:SET    | SET (mnist, fashion) with its Sobel edge map as ``cond`` (Pix2Pix pairs)   | as SET |
 | 8gaussians.. | genmodels.data.toy, n_points samples      | seed / own stream | 2            |
 
 mnist and digits have no official split: 10% of each class is held out by a fixed seed, so the
@@ -43,6 +44,7 @@ __all__ = [
     "MNIST_CLASSES",
     "FASHION_CLASSES",
     "FASHION_DIR",
+    "sobel_edges",
 ]
 
 SPLITS = ("train", "test", "all")
@@ -74,6 +76,7 @@ class Dataset:
     class_names: tuple[str, ...]
     kind: str
     noise: Tensor | None = None  # pairs: the noise each x was generated from (reflow)
+    cond: Tensor | None = None  # image-to-image pairs: the input image of each x (edges:SET)
 
     def __post_init__(self):
         if self.y is not None and len(self.y) != len(self.x):
@@ -120,6 +123,11 @@ def load_dataset(
         return _load_toy(name, split=split, n_points=n_points, seed=seed)
     if name.startswith("pairs:"):
         return _load_pairs(name[len("pairs:"):])
+    if name.startswith("edges:"):
+        source = load_dataset(name[len("edges:"):], split=split, image_size=image_size, channels=channels)
+        if source.kind != "image":
+            raise DataError(f"{name}: edge maps need an image dataset, '{source.name}' holds points")
+        return Dataset(name, source.x, source.y, source.class_names, "image", cond=sobel_edges(source.x))
     if name.startswith("folder:"):
         return _load_folder(
             name, split=split, image_size=image_size, channels=channels, skip_bad=skip_bad
@@ -232,7 +240,24 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 
 _BUILTIN_IMAGE_SETS = {"mnist": _load_mnist, "fashion": _load_fashion, "digits": _load_digits}
-DATASET_NAMES: tuple[str, ...] = (*_BUILTIN_IMAGE_SETS, *TOY_DISTRIBUTIONS, "folder:PATH", "pairs:FILE.npz")
+DATASET_NAMES: tuple[str, ...] = (*_BUILTIN_IMAGE_SETS, *TOY_DISTRIBUTIONS, "folder:PATH", "pairs:FILE.npz",
+                                  "edges:mnist", "edges:fashion")
+
+_SOBEL = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+
+
+def sobel_edges(x: Tensor) -> Tensor:
+    """Sobel gradient magnitude of images in [-1, 1], per channel, as an edge map in [-1, 1]
+    (-1: flat, 1: strong edge). On [0, 1] intensities the magnitude of a sharp step is 4, so
+    /2 saturates the strokes' outlines and keeps faint texture grey."""
+    if x.ndim != 4:
+        raise DataError(f"sobel_edges expects images [N, C, H, W], got shape {tuple(x.shape)}")
+    unit = (x + 1) / 2
+    c = x.shape[1]
+    kernels = torch.stack([_SOBEL, _SOBEL.T])[:, None].repeat(c, 1, 1, 1).to(x)  # [2C, 1, 3, 3]
+    g = F.conv2d(F.pad(unit, (1, 1, 1, 1), mode="replicate"), kernels, groups=c)
+    magnitude = g.view(x.shape[0], c, 2, *x.shape[2:]).norm(dim=2)
+    return (magnitude / 2).clamp(0, 1) * 2 - 1
 
 
 def _load_pairs(path: str) -> Dataset:

@@ -52,6 +52,8 @@ class InfiniteBatches:
         self.y = None if dataset.y is None else dataset.y.to(device)
         noise = getattr(dataset, "noise", None)
         self.noise = None if noise is None else noise.to(device)
+        cond = getattr(dataset, "cond", None)
+        self.cond = None if cond is None else cond.to(device)
         self.batch_size = batch_size
         self.seed = seed
         self.rank = rank
@@ -75,6 +77,8 @@ class InfiniteBatches:
             batch["y"] = self.y[index]
         if self.noise is not None:
             batch["noise"] = self.noise[index]
+        if self.cond is not None:
+            batch["cond"] = self.cond[index]
         return batch
 
     def state_dict(self) -> dict[str, int]:

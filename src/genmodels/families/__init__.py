@@ -52,7 +52,7 @@ def get_family(name: str):
 
 def _load_builtin() -> None:
     # Imported here, not at the top: each family module imports this one for its helpers.
-    from . import diffusion, vae  # noqa: F401
+    from . import diffusion, gan, vae  # noqa: F401
 
 
 @dataclass

@@ -218,8 +218,10 @@ def evaluate_run(run_dir, *, metrics=None, n=5000, seeds=(0, 1, 2), sampler=None
 
     sample_metrics = [m for m in metrics if m != "nll"]
     if images and sample_metrics:
-        net, reference = _image_reference(cfg.data.name, features, progress)
-        protocol.update(features=net.name, reference=f"{cfg.data.name} {REFERENCE_SPLITS.get(cfg.data.name)} "
+        # image-to-image pairs (edges:mnist) make images of the underlying set: judge against it
+        target = cfg.data.name.removeprefix("edges:")
+        net, reference = _image_reference(target, features, progress)
+        protocol.update(features=net.name, reference=f"{target} {REFERENCE_SPLITS.get(target)} "
                                                       f"({len(reference)} images)")
     elif sample_metrics:  # toy 2-D
         dist = TOY_DISTRIBUTIONS[cfg.data.name]

@@ -76,7 +76,9 @@ def prepare(cfg: Config, run_dir, *, resume=False, dist: Dist = Dist(), device=N
     dataset = load_dataset(cfg.data.name, split="train", image_size=cfg.data.image_size,
                            channels=cfg.data.channels, skip_bad=cfg.data.skip_bad,
                            n_points=cfg.data.n_points, seed=cfg.train.seed)
-    options = build.network_options(cfg, dataset.shape, dataset.num_classes)
+    # a family whose nets take other data-dependent options (a GAN's two nets) fills them itself
+    fill = getattr(family, "network_options", None)
+    options = fill(cfg, dataset) if fill else build.network_options(cfg, dataset.shape, dataset.num_classes)
     cfg.model.options = options
     modules = family.build(cfg, options)
     if t.init_from and not resume:

@@ -50,6 +50,7 @@ class Phase:
     loss: Callable
     optimizer: torch.optim.Optimizer
     grad_clip: float | None = None
+    every: int = 1  # run on the steps where step % every == every - 1 (a GAN's G: every n_critic)
 
 
 @dataclass
@@ -155,6 +156,8 @@ class Trainer:
         n = len(micro_batches)
         losses, scalars = [], {}
         for phase in self.phases:
+            if self.progress.step % phase.every != phase.every - 1:
+                continue
             phase.optimizer.zero_grad(set_to_none=True)
             total, logged = 0.0, {}
             for i, (batch, generator) in enumerate(zip(micro_batches, self.generators, strict=True)):
@@ -214,12 +217,15 @@ class Trainer:
         keys = sorted(sums.logs)  # the same on every rank: every rank runs the same phases
         flags = [float(sums.count), float(self._stop_requested), float(wants_stop)]
         values = [sums.loss.reshape(1).float(), *(sums.logs[k].reshape(1).float() for k in keys),
-                  sums.loss.new_tensor(flags)]
+                  sums.loss.new_tensor([float(sums.counts[k]) for k in keys] + flags)]
         packed = self.dist.all_reduce_sum(torch.cat(values)).tolist()
-        total, logs, (count, interrupted, stop) = packed[0], packed[1:1 + len(keys)], packed[-3:]
+        k = len(keys)
+        total, logs, counts = packed[0], packed[1:1 + k], packed[1 + k:1 + 2 * k]
+        count, interrupted, stop = packed[-3:]
         self._stop_requested = interrupted > 0  # a Ctrl-C on any rank stops them all
         value = self._check_finite(total / max(count, 1))
-        means = {k: v / max(count, 1) for k, v in zip(keys, logs)}
+        # per key: a phase that runs every n steps is averaged over its own steps
+        means = {key: v / max(c, 1) for key, v, c in zip(keys, logs, counts)}
         return value, means, stop > 0 or interrupted > 0
 
     def _check_finite(self, value: float) -> float:
@@ -305,10 +311,11 @@ class _Sums:
     """Running sums of the loss and the logged scalars between two log rows, on the device."""
 
     def __init__(self, device):
-        self.loss, self.logs, self.count = torch.zeros((), device=device), {}, 0
+        self.loss, self.logs, self.count, self.counts = torch.zeros((), device=device), {}, 0, {}
 
     def add(self, loss: torch.Tensor, logs: dict) -> None:
         self.loss += loss
         self.count += 1
         for key, value in logs.items():
             self.logs[key] = self.logs.get(key, 0.0) + value
+            self.counts[key] = self.counts.get(key, 0) + 1
