@@ -70,7 +70,7 @@ def main():
         optimizer = torch.optim.AdamW(net.parameters(), lr=1e-6, **options)
         rows[label] = best_ms(optimizer.step, steps=20, repeats=3)
     if args.compile:  # the same objective around torch.compile(net)
-        _, _, _, objective = build.build_family(cfg, cfg.model.options)
+        _, _, objective = build.diffusion_parts(cfg, cfg.model.options)
         compiled, x = torch.compile(net), batch["x"].contiguous(memory_format=torch.channels_last)
 
         def compiled_forward_backward():

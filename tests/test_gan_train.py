@@ -153,7 +153,7 @@ def test_stylegan_and_progressive_runs_train_and_sample(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not __import__("os").environ.get("GENMODELS_SLOW_TESTS"),
                     reason="trains mnist-cgan for 4 minutes; set GENMODELS_SLOW_TESTS=1 (1-minute runs "
-                           "scored 11.6 % and 13.0 %, not separable from chance at n = 1,000)")
+                           "scored 11.6 % and 13.0 %, not separable from chance at n = 500)")
 def test_conditional_gan_samples_are_their_class_above_chance(tmp_path):
     """mnist-cgan trained 4 minutes: the evaluation CNN reads 1,000 samples (100 per class) as
     their requested class far above the 10 % of chance (3 standard errors: 13 %). Measured:

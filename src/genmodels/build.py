@@ -41,13 +41,14 @@ def network_options(cfg, data_shape, num_classes: int) -> dict:
         if len(data_shape) != 3:
             raise ConfigError(f"network '{cfg.model.network}' needs image data, but dataset '{cfg.data.name}' has "
                               f"items of shape {tuple(data_shape)}; use model.network=mlp")
-        _fill(options, "in_channels", data_shape[0], cfg)
-        _fill(options, "image_size", data_shape[1], cfg)
+        source = f"dataset '{cfg.data.name}'"
+        fill_option(options, "in_channels", data_shape[0], source=source)
+        fill_option(options, "image_size", data_shape[1], source=source)
     elif cfg.model.network == "mlp":
         if len(data_shape) != 1:
             raise ConfigError(f"network 'mlp' needs vector data, but dataset '{cfg.data.name}' has "
                               f"items of shape {tuple(data_shape)}; use model.network=unet")
-        _fill(options, "dim", data_shape[0], cfg)
+        fill_option(options, "dim", data_shape[0], source=f"dataset '{cfg.data.name}'")
     if options.get("num_classes") == "auto":  # class-conditional on the dataset's labels
         if not num_classes:
             raise ConfigError(f"model.num_classes=auto but dataset '{cfg.data.name}' has no labels")
@@ -55,11 +56,13 @@ def network_options(cfg, data_shape, num_classes: int) -> dict:
     return options
 
 
-def _fill(options: dict, key: str, value: int, cfg) -> None:
+def fill_option(options: dict, key: str, value, *, source: str, where: str = "model") -> None:
+    """Set ``options[key]`` to what ``source`` (the data, another config section) dictates; a
+    different value the user gave under ``where`` is an error naming both."""
     given = options.setdefault(key, value)
     if given != value:
-        raise ConfigError(f"model.{key} is {given} but dataset '{cfg.data.name}' gives {value}; "
-                          f"remove model.{key} or set data.image_size/data.channels to match")
+        raise ConfigError(f"{where}.{key} is {given!r} but {source} gives {value!r}; remove {where}.{key} "
+                          f"or change {source} to match")
 
 
 def diffusion_parts(cfg, options: dict):
@@ -92,15 +95,6 @@ def build_diffusion(cfg, options: dict):
     """(net, path, param, objective) of a diffusion run; the net is built on the CPU."""
     net = build_network(cfg.model.network, **options)
     return (net, *diffusion_parts(cfg, options))
-
-
-def build_family(cfg, options: dict):
-    """(net, path, param, objective) of a diffusion or classifier run; param is None for a
-    classifier. Other families build through ``genmodels.families``."""
-    if cfg.family == "classifier":
-        path, param, objective = classifier_parts(cfg)
-        return build_network("noisy_classifier", **options), path, param, objective
-    return build_diffusion(cfg, options)
 
 
 def make_denoiser(net, path, param) -> NetDenoiser:

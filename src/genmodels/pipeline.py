@@ -37,20 +37,33 @@ def generate(denoiser, path, *, shape, seeds, sampler="ddim", steps=50, eta=None
     Returns float32 on the CPU, shape [len(seeds), *shape].
     """
     sigmas = sigma_grid(path, steps, spacing=spacing, sigma_max=sigma_max)
-    starts = range(0, len(seeds), batch_size)
-    out = {}
-    for start in starts[dist.rank::dist.world_size]:
-        chunk = list(seeds[start:start + batch_size])
-        noise = SeededNoise(chunk, shape, device=device)
+    seeds = list(seeds)
+
+    def draw(batch: slice) -> torch.Tensor:
+        noise = SeededNoise(seeds[batch], shape, device=device)
         x = noise() * path.prior_std(sigmas[0]).item()
-        cond = {}
-        if labels is not None:
-            cond["y"] = torch.as_tensor(labels[start:start + batch_size], device=device, dtype=torch.long)
+        cond = {} if labels is None else {"y": torch.as_tensor(labels[batch], device=device, dtype=torch.long)}
         x = run_sampler(sampler, denoiser, x, sigmas, noise=noise, eta=eta, cond=cond,
                         progress=progress and dist.is_main, **(options or {}))
-        out[start] = x.float().cpu()
-    drawn = {start: x for part in dist.all_gather_objects(out) for start, x in part.items()}
-    return torch.cat([drawn[start] for start in starts])
+        return x.float().cpu()
+
+    return dist.map_batches(len(seeds), batch_size, draw)
+
+
+def check_labels(labels, n: int, num_classes: int | None) -> list | None:
+    """``labels`` (one class for all, or one per sample) as a list of ``n``, checked against a
+    model with ``num_classes`` classes (None: not class-conditional)."""
+    if labels is None:
+        return None
+    if num_classes is None:
+        raise ConfigError("this model is not class-conditional; drop the class labels")
+    labels = [labels] * n if isinstance(labels, int) else list(labels)
+    bad = [y for y in labels if not 0 <= int(y) < num_classes]
+    if bad:
+        raise ConfigError(f"class {bad[0]} is out of range: this model has classes 0..{num_classes - 1}")
+    if len(labels) != n:
+        raise ConfigError(f"got {len(labels)} labels for {n} samples")
+    return labels
 
 
 @dataclass
@@ -90,15 +103,10 @@ class Pipeline:
         if isinstance(classifier, (str, Path)):
             classifier = load_classifier(classifier, device=self.device)
         if labels is not None:
-            labels = list(labels) if not isinstance(labels, int) else [labels] * n
             if self.net_num_classes is None and classifier is None:
                 raise ConfigError("this model is not class-conditional; drop the class labels or pass a classifier")
             num_classes = self.net_num_classes or getattr(getattr(classifier, "net", None), "num_classes", None)
-            bad = [y for y in labels if not 0 <= int(y) < num_classes]
-            if bad:
-                raise ConfigError(f"class {bad[0]} is out of range: this model has classes 0..{num_classes - 1}")
-            if len(labels) != n:
-                raise ConfigError(f"got {len(labels)} labels for {n} samples")
+            labels = check_labels(labels, n, num_classes)
         elif guidance != 1.0 or classifier is not None:
             raise ConfigError("guidance needs class labels: pass labels (CLI: --class K or --class all)")
         denoiser = self.denoiser

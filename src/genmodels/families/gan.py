@@ -18,10 +18,13 @@ import math
 
 import torch
 
+from ..build import fill_option
 from ..errors import ConfigError
 from ..images import save_grid, scatter_plot
+from ..nn import build_from
 from ..nn.gan_nets import DISCRIMINATORS, GENERATORS, StyleGenerator, UNetGenerator
 from ..objectives.gan import GANObjective, truncated_normal
+from ..pipeline import check_labels
 from ..train.distributed import Dist
 from ..train.trainer import Phase
 from . import LoadedRun, TrainContext, TrainParts, register
@@ -29,25 +32,6 @@ from . import LoadedRun, TrainContext, TrainParts, register
 # what each net takes from the data: image nets their channels and size, toy nets the dimension
 _IMAGE_G = ("dcgan", "stylegan", "unet")
 _IMAGE_D = ("dcgan", "patch")
-
-
-def _build_net(registry, kind, options, where):
-    import inspect
-
-    if kind not in registry:
-        raise ConfigError(f"{where} {kind!r} is unknown; choose one of {', '.join(registry)}")
-    cls = registry[kind]
-    allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    unknown = [k for k in options if k not in allowed]
-    if unknown:
-        raise ConfigError(f"{where} {kind!r} got unexpected option(s) {unknown}; allowed: {allowed}")
-    return cls(**options)
-
-
-def _fill(options: dict, key: str, value, where: str) -> None:
-    given = options.setdefault(key, value)
-    if given != value:
-        raise ConfigError(f"{where}.{key} is {given!r} but the data/gan section give {value!r}; remove it")
 
 
 def fill_options(cfg, data_shape, num_classes: int, has_cond: bool) -> tuple[dict, dict]:
@@ -58,33 +42,34 @@ def fill_options(cfg, data_shape, num_classes: int, has_cond: bool) -> tuple[dic
         raise ConfigError("gan.discriminator.network is missing; e.g. dcgan, mlp or patch")
     g_kind = cfg.model.network
     images = len(data_shape) == 3
+    data = f"dataset '{cfg.data.name}'"
     for kind, opts, where, image_nets in ((g_kind, g, "model", _IMAGE_G), (d_kind, d, "gan.discriminator", _IMAGE_D)):
         if (kind in image_nets) != images:
             need = "image" if kind in image_nets else "2-D point"
             raise ConfigError(f"{where} network {kind!r} needs {need} data, but dataset '{cfg.data.name}' has "
                               f"items of shape {tuple(data_shape)}")
         if images:
-            _fill(opts, "channels", data_shape[0], where)
-            _fill(opts, "image_size", data_shape[1], where)
+            fill_option(opts, "channels", data_shape[0], source=data, where=where)
+            fill_option(opts, "image_size", data_shape[1], source=data, where=where)
         else:
-            _fill(opts, "dim", data_shape[0], where)
+            fill_option(opts, "dim", data_shape[0], source=data, where=where)
     if g_kind == "unet":
         if not has_cond:
             raise ConfigError(f"model.network=unet (Pix2Pix) needs paired data such as edges:mnist, "
                               f"not '{cfg.data.name}'")
-        _fill(g, "in_channels", data_shape[0], "model")
+        fill_option(g, "in_channels", data_shape[0], source=data)
     else:
-        _fill(g, "z_dim", cfg.gan.z_dim, "model")
+        fill_option(g, "z_dim", cfg.gan.z_dim, source="gan.z_dim")
     if (d_kind == "patch") != (g_kind == "unet"):
         raise ConfigError("Pix2Pix pairs model.network=unet with gan.discriminator.network=patch")
     if d_kind == "patch":
-        _fill(d, "cond_channels", data_shape[0], "gan.discriminator")
+        fill_option(d, "cond_channels", data_shape[0], source=data, where="gan.discriminator")
     if g.get("num_classes") == "auto":
         if not num_classes:
             raise ConfigError(f"model.num_classes=auto but dataset '{cfg.data.name}' has no labels")
         g["num_classes"] = num_classes
     if g.get("num_classes") is not None and d_kind == "dcgan":
-        _fill(d, "num_classes", g["num_classes"], "gan.discriminator")
+        fill_option(d, "num_classes", g["num_classes"], source="model.num_classes", where="gan.discriminator")
     return g, {"network": d_kind, **d}
 
 
@@ -190,8 +175,8 @@ class GANFamily:
         d_options = dict(cfg.gan.discriminator)
         d_kind = d_options.pop("network")
         make_objective(cfg)  # a bad gan section fails before any weights are drawn
-        return {"G": _build_net(GENERATORS, cfg.model.network, options, "model.network"),
-                "D": _build_net(DISCRIMINATORS, d_kind, d_options, "gan.discriminator.network")}
+        return {"G": build_from(GENERATORS, cfg.model.network, options, what="model.network"),
+                "D": build_from(DISCRIMINATORS, d_kind, d_options, what="gan.discriminator.network")}
 
     def training(self, ctx: TrainContext) -> TrainParts:
         cfg, t, g = ctx.cfg, ctx.cfg.train, ctx.cfg.gan
@@ -311,14 +296,7 @@ class GANPipeline:
         if self.image_conditional:
             return self._translate_test(n, batch_size)
         if labels is not None:
-            if self.net_num_classes is None:
-                raise ConfigError("this GAN is not class-conditional; drop the class labels")
-            labels = [labels] * n if isinstance(labels, int) else list(labels)
-            if len(labels) != n:
-                raise ConfigError(f"got {len(labels)} labels for {n} samples")
-            bad = [y for y in labels if not 0 <= int(y) < self.net_num_classes]
-            if bad:
-                raise ConfigError(f"class {bad[0]} is out of range: this model has classes 0..{self.net_num_classes - 1}")
+            labels = check_labels(labels, n, self.net_num_classes)
         elif self.net_num_classes is not None:
             labels = [i % self.net_num_classes for i in range(n)]  # a class-balanced draw
         if mix is not None:
@@ -326,16 +304,10 @@ class GANPipeline:
             if crossover is None:
                 crossover = len(self.net.layers) // 2
         seeds = list(range(seed, seed + n))
-        starts = range(0, n, batch_size)
-        out = {}
-        for start in starts[dist.rank::dist.world_size]:
-            sl = slice(start, start + batch_size)
-            out[start] = draw(self.net, seeds[sl], z_dim=self.config.gan.z_dim,
-                              labels=None if labels is None else labels[sl], truncation=truncation,
-                              psi=1.0 if psi is None else psi, mix=None if mix is None else mix[sl],
-                              crossover=crossover, device=self.device).float().cpu()
-        drawn = {s: x for part in dist.all_gather_objects(out) for s, x in part.items()}
-        x = torch.cat([drawn[s] for s in starts])
+        x = dist.map_batches(n, batch_size, lambda sl: draw(
+            self.net, seeds[sl], z_dim=self.config.gan.z_dim, labels=None if labels is None else labels[sl],
+            truncation=truncation, psi=1.0 if psi is None else psi, mix=None if mix is None else mix[sl],
+            crossover=crossover, device=self.device).float().cpu())
         return x.clamp(-1, 1) if len(self.data_shape) == 3 else x
 
     def style_mixing(self, a: int, b: int, *, truncation=None, psi=None, **diffusion) -> torch.Tensor:

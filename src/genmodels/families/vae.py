@@ -131,10 +131,7 @@ class VAEPipeline:
         if n < 1:
             raise ConfigError(f"n must be >= 1, got {n}")
         seeds = range(seed, seed + n)
-        starts = range(0, n, batch_size)
-        mine = {s: self.draw(seeds[s:s + batch_size], temperature=temperature) for s in starts[dist.rank::dist.world_size]}
-        drawn = {s: x for part in dist.all_gather_objects(mine) for s, x in part.items()}
-        return torch.cat([drawn[s] for s in starts])
+        return dist.map_batches(n, batch_size, lambda batch: self.draw(seeds[batch], temperature=temperature))
 
     # ---- the latent seam ------------------------------------------------------------------
     def _check(self, x) -> torch.Tensor:

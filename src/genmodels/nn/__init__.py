@@ -18,17 +18,22 @@ NETWORKS: dict[str, type] = {"unet": UNet, "mlp": MLP, "noisy_classifier": Noisy
                              "vae_mlp": MLPVAE, "vae_conv": ConvVAE}
 
 
+def build_from(registry: dict, name: str, options: dict, *, what: str = "network") -> nn.Module:
+    """Build ``registry[name](**options)``, naming ``what`` (the config field) when the name or an
+    option is wrong, before the constructor sees it."""
+    if name not in registry:
+        raise ConfigError(f"unknown {what} {name!r}; choose one of {sorted(registry)}")
+    cls = registry[name]
+    allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = [k for k in options if k not in allowed]
+    if unknown:
+        raise ConfigError(f"{what} {name!r} got unexpected argument(s) {unknown}; allowed: {allowed}")
+    return cls(**options)
+
+
 def build_network(name: str, **kwargs) -> nn.Module:
     """Build the network registered as ``name`` with keyword arguments ``kwargs`` (its config)."""
-    if name not in NETWORKS:
-        raise ConfigError(f"unknown network {name!r}; choose one of {sorted(NETWORKS)}")
-    cls = NETWORKS[name]
-    allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    unknown = [k for k in kwargs if k not in allowed]
-    if unknown:
-        raise ConfigError(f"network {name!r} got unexpected argument(s) {unknown}; "
-                          f"allowed: {allowed}")
-    return cls(**kwargs)
+    return build_from(NETWORKS, name, kwargs)
 
 
-__all__ = ["MLP", "NETWORKS", "ConvVAE", "MLPVAE", "NoisyClassifier", "UNet", "build_network"]
+__all__ = ["MLP", "NETWORKS", "ConvVAE", "MLPVAE", "NoisyClassifier", "UNet", "build_from", "build_network"]

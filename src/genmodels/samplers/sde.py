@@ -4,6 +4,7 @@ SDE, predictor-corrector with a Langevin corrector)."""
 
 import torch
 
+from ..diffusion.denoiser import score
 from ..errors import ConfigError
 from .base import ancestral_split, sample_loop
 
@@ -94,7 +95,7 @@ def langevin_corrector(denoiser, noise, *, snr=0.16, steps=1, step_rule="sigma",
 
     def correct(x, sigma):
         for _ in range(steps):
-            grad = (denoiser(x, sigma, **cond) - x) / sigma**2
+            grad = score(denoiser, x, sigma, **cond)
             z = noise()
             if step_rule == "song":
                 ratio = z.flatten(1).norm(dim=1).mean() / grad.flatten(1).norm(dim=1).mean()

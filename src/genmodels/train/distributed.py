@@ -60,6 +60,16 @@ class Dist:
         if self.enabled:
             torch_dist.barrier()
 
+    def map_batches(self, n: int, batch_size: int, draw) -> torch.Tensor:
+        """``draw(slice)`` for each batch of ``range(n)``, concatenated in order. Under torchrun
+        rank r draws batches r, r + world_size, ... (the batches one process would draw) and
+        every rank returns all of them: the result equals one process's. ``draw`` returns the
+        batch on the CPU."""
+        starts = range(0, n, batch_size)
+        mine = {s: draw(slice(s, s + batch_size)) for s in starts[self.rank::self.world_size]}
+        drawn = {s: x for part in self.all_gather_objects(mine) for s, x in part.items()}
+        return torch.cat([drawn[s] for s in starts])
+
 
 def from_env() -> Dist:
     """The ``Dist`` torchrun describes in the environment (a single process without it)."""
