@@ -19,12 +19,14 @@ the model and takes a few steps.
 
     python benchmarks/train_throughput.py                 # markdown table
     python benchmarks/train_throughput.py --json          # one JSON line
+    python benchmarks/train_throughput.py --unfused       # + our trainer without the fused GroupNorm kernel
     python benchmarks/train_throughput.py --device cuda --rounds 5 --steps 20
 """
 
 import argparse
 import datetime
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -38,6 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from genmodels.config import load_config
 from genmodels.data import load_dataset
+from genmodels.nn import fused
 from genmodels.train.run import make_adamw, prepare
 
 BATCH = 64
@@ -88,7 +91,22 @@ def peer(device: str):
     return step, model
 
 
-BUILDERS = {"ours": ours, "peer": peer}
+def ours_unfused(device: str):
+    """``ours`` with GroupNorm, modulation and SiLU as separate PyTorch ops (GENMODELS_FUSED_KERNELS=0)."""
+    step, model = ours(device)
+
+    def unfused_step():
+        previous = os.environ.get(fused.ENV)
+        os.environ[fused.ENV] = "0"
+        try:
+            step()
+        finally:
+            os.environ.pop(fused.ENV) if previous is None else os.environ.__setitem__(fused.ENV, previous)
+
+    return unfused_step, model
+
+
+BUILDERS = {"ours": ours, "peer": peer, "unfused": ours_unfused}
 
 
 def sync(device: str) -> None:
@@ -159,13 +177,16 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="A B B A rounds; the median is reported")
     parser.add_argument("--steps", type=int, default=5, help="training steps per timed block")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
+    parser.add_argument("--unfused", action="store_true",
+                        help="also time our trainer without the fused GroupNorm+SiLU kernel (a third row)")
     parser.add_argument("--peak-memory", choices=list(BUILDERS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.peak_memory:
         return measure_peak_memory(args.peak_memory, args.device)
 
-    models = {name: build(args.device) for name, build in BUILDERS.items()}
+    names = ["ours", "peer"] + (["unfused"] if args.unfused else [])
+    models = {name: BUILDERS[name](args.device) for name in names}
     for step, _ in models.values():  # warm-up: oneDNN/cuDNN primitives, allocator
         for _ in range(3):
             step()
@@ -177,13 +198,13 @@ def main():
     rate = {name: [] for name in models}
     for _ in range(args.rounds):
         seconds = dict.fromkeys(models, 0.0)
-        for name in ("ours", "peer", "peer", "ours"):
+        for name in names + names[::-1]:
             seconds[name] += timed(models[name][0], args.steps, args.device)
         for name in models:
             rate[name].append(2 * args.steps * BATCH / seconds[name])
     ratio = statistics.median(o / p for o, p in zip(rate["ours"], rate["peer"]))
     img_s = {name: statistics.median(r) for name, r in rate.items()}
-    memory = {name: peak_memory_mib(name, args.device, args.threads) for name in models}
+    memory = {name: peak_memory_mib(name, args.device, args.threads) for name in ("ours", "peer")}
 
     result = {
         "date": datetime.date.today().isoformat(), "device": args.device, "threads": args.threads,
@@ -198,8 +219,11 @@ def main():
         "peer_train_gflop_per_image": round(flops["peer"] / 1e9, 4),
         "ours_params": params["ours"], "peer_params": params["peer"],
         "peak_mem_mib": round(memory["ours"]["peak_mib"]), "peer_peak_mem_mib": round(memory["peer"]["peak_mib"]),
-        "peak_mem_kind": memory["ours"]["kind"],
+        "peak_mem_kind": memory["ours"]["kind"], "fused_kernel": fused.status(),
     }
+    if args.unfused:
+        result["unfused_img_s"] = round(img_s["unfused"], 1)
+        result["fused_speedup"] = round(statistics.median(o / u for o, u in zip(rate["ours"], rate["unfused"])), 3)
     if args.json:
         print(json.dumps(result))
         return
@@ -208,12 +232,17 @@ def main():
     print(f"| model | params | train GFLOP/img | img/s | GFLOP/s | of GEMM peak | peak memory ({result['peak_mem_kind']}) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     labels = {"ours": "genmodels UNet (mnist-ddpm), genmodels trainer",
-              "peer": "diffusers UNet2DModel (16,56,64), diffusers training loop"}
+              "peer": "diffusers UNet2DModel (16,56,64), diffusers training loop",
+              "unfused": "genmodels, GroupNorm+SiLU as PyTorch ops (GENMODELS_FUSED_KERNELS=0)"}
     for name in models:
         achieved = flops[name] * img_s[name] / 1e9
+        peak = f"{memory[name]['peak_mib']:.0f} MiB" if name in memory else "-"
         print(f"| {labels[name]} | {params[name] / 1e6:.3f} M | {flops[name] / 1e9:.3f} | {img_s[name]:.0f} | "
-              f"{achieved:.0f} | {100 * achieved / gemm:.0f} % | {memory[name]['peak_mib']:.0f} MiB |")
-    print(f"\nratio ours / peer (img/s, median of per-round ratios): {ratio:.2f}x")
+              f"{achieved:.0f} | {100 * achieved / gemm:.0f} % | {peak} |")
+    print(f"\nfused GroupNorm+SiLU kernel: {result['fused_kernel']}")
+    print(f"ratio ours / peer (img/s, median of per-round ratios): {ratio:.2f}x")
+    if args.unfused:
+        print(f"ratio ours / ours without the fused kernel: {result['fused_speedup']:.2f}x")
 
 
 if __name__ == "__main__":

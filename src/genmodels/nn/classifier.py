@@ -5,10 +5,10 @@ It sees what the denoiser sees: x_t and c_noise."""
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genmodels.errors import ConfigError
+from genmodels.nn.fused import group_norm_act
 from genmodels.nn.layers import Downsample, ResBlock, timestep_embedding
 
 
@@ -45,4 +45,4 @@ class NoisyClassifier(nn.Module):
         h = self.conv_in(x)
         for block in self.blocks:
             h = block(h, emb)
-        return self.head(F.silu(self.norm_out(h)).mean(dim=(2, 3)))
+        return self.head(group_norm_act(h, self.norm_out).mean(dim=(2, 3)))

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genmodels.nn.fused import group_norm_act
 
 
 def timestep_embedding(c_noise: Tensor, dim: int, *, max_period: float = 10000.0) -> Tensor:
@@ -61,10 +62,9 @@ class ResBlock(nn.Module):
                      else nn.Conv2d(in_channels, out_channels, 1))
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.emb_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
-        h = torch.addcmul(shift, self.norm2(h), 1 + scale)
-        h = self.conv2(self.dropout(F.silu(h)))
+        h = self.conv1(group_norm_act(x, self.norm1))
+        scale, shift = self.emb_proj(F.silu(emb)).chunk(2, dim=1)
+        h = self.conv2(self.dropout(group_norm_act(h, self.norm2, scale, shift)))
         return self.skip(x) + h
 
 
@@ -84,7 +84,7 @@ class SelfAttention2d(nn.Module):
 
     def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
         B, C, H, W = x.shape
-        tokens = self.norm(x).flatten(2).transpose(1, 2)  # [B, HW, C]
+        tokens = group_norm_act(x, self.norm, silu=False).flatten(2).transpose(1, 2)  # [B, HW, C]
         q, k, v = self.qkv(tokens).view(B, H * W, 3, self.num_heads, C // self.num_heads).permute(
             2, 0, 3, 1, 4)  # each [B, heads, HW, d]
         h = F.scaled_dot_product_attention(q, k, v)

@@ -12,10 +12,10 @@ The defaults are ADM's layout at 1.4M parameters; the demo config uses a leaner,
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genmodels.errors import ConfigError
+from genmodels.nn.fused import group_norm_act
 from genmodels.nn.layers import (
     Downsample,
     ResBlock,
@@ -141,7 +141,7 @@ class UNet(nn.Module):
             if not isinstance(module, Upsample):
                 h = torch.cat([h, hs.pop()], dim=1)
             h = module(h, emb)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(group_norm_act(h, self.norm_out))
 
 
 def _per_sample(c_noise: Tensor | float, batch: int) -> Tensor:

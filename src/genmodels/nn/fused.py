@@ -1,0 +1,176 @@
+"""GroupNorm, its scale-shift modulation and SiLU as one CPU kernel (forward and backward).
+
+``group_norm_act(x, norm, scale=None, shift=None, silu=True)`` computes
+
+    y = norm(x) * (1 + scale[:, :, None, None]) + shift[:, :, None, None];  SiLU(y) if silu
+
+with ``norm`` an ``nn.GroupNorm`` (its weights, groups and eps; state dicts are unchanged). On a
+CPU, for float32/float64 tensors in channels_last layout, it runs the C++ kernel in
+``csrc/group_norm_act.cpp``, compiled once on first use into ``$GENMODELS_CACHE/ext`` (about 30 s;
+``scripts/setup`` does it ahead of time). Anywhere else (CUDA, NCHW, bf16, a machine without a C++
+compiler) it runs the same math in PyTorch ops; the two agree to float rounding (tests/test_fused.py).
+On the demo UNet the kernel makes a training step ~10 % faster (docs/BENCHMARKS.md).
+
+``GENMODELS_FUSED_KERNELS``: ``auto`` (default: build, or warn once and fall back), ``0`` (never use
+the kernel), ``1`` (the kernel is required: a failed build is an error).
+
+The kernel's backward is not itself differentiable: a second derivative through it raises PyTorch's
+"once_differentiable" error; set ``GENMODELS_FUSED_KERNELS=0`` for such uses.
+"""
+
+import contextlib
+import hashlib
+import os
+import platform
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from genmodels.errors import ConfigError
+
+SOURCE = Path(__file__).parent / "csrc" / "group_norm_act.cpp"
+CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
+LDFLAGS = ["-fopenmp"]
+ENV = "GENMODELS_FUSED_KERNELS"
+
+_lock = threading.Lock()
+_module = None  # the loaded extension, once built
+_failure: str | None = None  # why it could not be built (then the PyTorch path runs)
+
+
+def mode() -> str:
+    value = os.environ.get(ENV, "auto").strip().lower()
+    if value not in ("auto", "0", "1"):
+        raise ConfigError(f"{ENV} must be auto, 0 or 1, got {value!r}")
+    return value
+
+
+def build_dir() -> Path:
+    """Where the compiled kernel lives: keyed by the source, flags, torch, Python and CPU, because
+    -march=native code must not be reused on another processor."""
+    cache = Path(os.environ.get("GENMODELS_CACHE", Path.home() / ".cache" / "genmodels"))
+    key = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), " ".join(CFLAGS).encode(), torch.__version__.encode(),
+                 sys.version.encode(), _cpu_model().encode(), platform.machine().encode()):
+        key.update(part)
+    return cache / "ext" / f"group_norm_act-{key.hexdigest()[:16]}"
+
+
+def _cpu_model() -> str:
+    """The first processor's model name and instruction-set flags."""
+    with contextlib.suppress(OSError):
+        first = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+        return "\n".join(line for line in first.splitlines() if line.startswith(("model name", "flags")))
+    return platform.processor()
+
+
+def load():
+    """The compiled extension, building it on first call; ``None`` if it cannot be built (the
+    reason is in ``status()``). Safe to call from several threads or torchrun processes."""
+    global _module, _failure
+    if _module is not None or _failure is not None:
+        return _module
+    with _lock:
+        if _module is not None or _failure is not None:
+            return _module
+        try:
+            _module = _build()
+        except Exception as exc:  # no compiler, no ninja, unsupported platform: fall back
+            _failure = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+            if mode() == "1":
+                raise RuntimeError(f"{ENV}=1 but the fused GroupNorm kernel could not be built: {_failure}") from exc
+            warnings.warn(f"genmodels: the fused GroupNorm+SiLU kernel could not be built ({_failure}); "
+                          f"using PyTorch ops (slower on CPU). Set {ENV}=0 to skip the attempt.",
+                          RuntimeWarning, stacklevel=3)
+    return _module
+
+
+def _build():
+    from torch.utils import cpp_extension
+
+    target = build_dir()
+    target.mkdir(parents=True, exist_ok=True)
+    fresh = not any(target.glob("*.so"))
+    if fresh:
+        print(f"genmodels: compiling the fused GroupNorm+SiLU kernel once (about 30 s) into {target}",
+              file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    # pip's ninja lands next to the interpreter, which is not on PATH unless the venv is activated.
+    path = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), path])
+    try:
+        module = cpp_extension.load(name="genmodels_group_norm_act", sources=[str(SOURCE)],
+                                    extra_cflags=CFLAGS, extra_ldflags=LDFLAGS,
+                                    build_directory=str(target), verbose=False)
+    finally:
+        os.environ["PATH"] = path
+    if fresh:
+        print(f"genmodels: fused kernel ready ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+    return module
+
+
+def status() -> str:
+    """One line for logs and benchmark tables: whether the kernel is in use and why not."""
+    if mode() == "0":
+        return f"off ({ENV}=0)"
+    if load() is not None:
+        return "on"
+    return f"unavailable ({_failure})"
+
+
+def applies(x: Tensor) -> bool:
+    """Whether ``group_norm_act`` would run the kernel on ``x`` (the other inputs follow x)."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.ndim == 4
+            and x.is_contiguous(memory_format=torch.channels_last) and mode() != "0"
+            and not torch.is_autocast_enabled("cpu") and load() is not None)
+
+
+def group_norm_act(x: Tensor, norm: nn.GroupNorm, scale: Tensor | None = None, shift: Tensor | None = None,
+                   *, silu: bool = True) -> Tensor:
+    """``norm(x)``, modulated by ``(1 + scale, shift)`` of shape ``[B, C]`` when given, then SiLU."""
+    if (scale is None) != (shift is None):
+        raise ValueError("group_norm_act takes scale and shift together (or neither)")
+    if applies(x) and norm.affine:
+        return _GroupNormAct.apply(x, norm.num_groups, norm.weight, norm.bias,
+                                   None if scale is None else scale.contiguous(),
+                                   None if shift is None else shift.contiguous(), silu, norm.eps)
+    return reference(x, norm, scale, shift, silu=silu)
+
+
+def reference(x: Tensor, norm: nn.GroupNorm, scale: Tensor | None = None, shift: Tensor | None = None,
+              *, silu: bool = True) -> Tensor:
+    """The same computation in PyTorch ops: the fallback and the kernel's test oracle."""
+    h = norm(x)
+    if scale is not None:
+        h = torch.addcmul(shift[:, :, None, None], h, 1 + scale[:, :, None, None])
+    return F.silu(h) if silu else h
+
+
+class _GroupNormAct(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, groups, weight, bias, scale, shift, silu, eps):
+        out, mean, rstd = _module.forward(x, groups, weight, bias, scale, shift, silu, eps)
+        ctx.save_for_backward(x, mean, rstd, weight, bias, scale, shift)
+        ctx.groups, ctx.silu = groups, silu
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, mean, rstd, weight, bias, scale, shift = ctx.saved_tensors
+        dx, sum_dy, sum_dy_xhat = _module.backward(grad, x, mean, rstd, ctx.groups, weight, bias,
+                                                   scale, shift, ctx.silu)
+        # y = (1 + scale) * (weight * xhat + bias) + shift, summed over pixels per (image, channel)
+        gain = None if scale is None else 1 + scale
+        d_weight = (sum_dy_xhat if gain is None else gain * sum_dy_xhat).sum(0)
+        d_bias = (sum_dy if gain is None else gain * sum_dy).sum(0)
+        d_scale = None if scale is None else weight * sum_dy_xhat + bias * sum_dy
+        d_shift = None if shift is None else sum_dy
+        return dx, None, d_weight, d_bias, d_scale, d_shift, None, None

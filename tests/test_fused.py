@@ -1,0 +1,179 @@
+"""The fused GroupNorm + scale-shift + SiLU kernel against its PyTorch reference: gradcheck in double
+precision on both channel paths (compile-time and runtime widths), float32 agreement at the demo
+UNet's shapes, numerical stability, the whole UNet with the kernel on and off, and the fallbacks."""
+
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+from genmodels.nn import fused
+from genmodels.nn.layers import ResBlock, SelfAttention2d
+from genmodels.nn.unet import UNet
+
+CL = torch.channels_last
+
+pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                                reason="no C++ compiler: the kernel cannot be built here")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernel():
+    module = fused.load()
+    assert module is not None, f"the fused kernel did not build: {fused.status()}"
+    return module
+
+
+def _norm(channels: int, groups: int, dtype=torch.float32, seed: int = 0) -> nn.GroupNorm:
+    norm = nn.GroupNorm(groups, channels).to(dtype)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # random affine parameters, so that weight and bias gradients matter
+        norm.weight.copy_(1 + 0.5 * torch.randn(channels, generator=g, dtype=dtype))
+        norm.bias.copy_(0.5 * torch.randn(channels, generator=g, dtype=dtype))
+    return norm
+
+
+def _inputs(batch, channels, h, w, dtype, film, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(batch, channels, h, w, generator=g, dtype=dtype) * 2 + 0.7).contiguous(memory_format=CL)
+    scale = 0.3 * torch.randn(batch, channels, generator=g, dtype=dtype) if film else None
+    shift = torch.randn(batch, channels, generator=g, dtype=dtype) if film else None
+    return x, scale, shift
+
+
+@pytest.mark.parametrize("channels,groups", [(8, 2), (12, 3)])  # 8: compile-time width; 12: runtime
+@pytest.mark.parametrize("film", [False, True])
+@pytest.mark.parametrize("silu", [False, True])
+def test_gradcheck_double(channels, groups, film, silu):
+    norm = _norm(channels, groups, torch.float64)
+    x, scale, shift = _inputs(3, channels, 4, 5, torch.float64, film)
+    inputs = [x.requires_grad_(), norm.weight, norm.bias] + ([scale.requires_grad_(), shift.requires_grad_()]
+                                                              if film else [])
+
+    def fn(x, weight, bias, *modulation):
+        assert fused.applies(x)
+        return fused._GroupNormAct.apply(x, groups, weight, bias, *(modulation or (None, None)), silu, norm.eps)
+
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels,size", [(32, 28), (64, 14), (128, 7), (96, 7)])
+def test_float32_matches_reference_at_unet_shapes(channels, size):
+    norm = _norm(channels, 8)
+    x, scale, shift = _inputs(6, channels, size, size, torch.float32, film=True, seed=channels)
+    grad_out = torch.randn(x.shape).contiguous(memory_format=CL)
+    results = []
+    for fn in (fused.group_norm_act, fused.reference):
+        leaves = [x.clone().requires_grad_(), scale.clone().requires_grad_(), shift.clone().requires_grad_()]
+        norm.zero_grad()
+        out = fn(leaves[0], norm, leaves[1], leaves[2])
+        out.backward(grad_out)
+        results.append([out] + [t.grad for t in leaves] + [norm.weight.grad.clone(), norm.bias.grad.clone()])
+    fast, ref = results
+    assert fast[0].is_contiguous(memory_format=CL)
+    for a, b, name in zip(fast, ref, ["out", "dx", "dscale", "dshift", "dweight", "dbias"]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item()), name
+
+
+def test_statistics_are_stable_for_large_offsets():
+    """A large common offset must not wash out a small variance: the kernel centres before it sums.
+    The bound is what float32 can hold (the mean itself is rounded to 1e-3 here); PyTorch's own
+    float32 GroupNorm was off by more than 1 in the output on this input (torch 2.13)."""
+    norm = _norm(32, 8, seed=1)
+    x, _, _ = _inputs(4, 32, 14, 14, torch.float64, film=False)
+    x = (1e4 + 1e-2 * x).float().contiguous(memory_format=CL)  # std 0.02 on an offset of 10^4
+    xd = x.double().requires_grad_()
+    exact = fused.reference(xd, norm.double(), silu=True)
+    (exact_dx,) = torch.autograd.grad(exact.sum(), xd)
+    xf = x.clone().requires_grad_()
+    out = fused.group_norm_act(xf, norm.float(), silu=True)
+    (dx,) = torch.autograd.grad(out.sum(), xf)
+    assert (out.double() - exact).abs().max() < 0.1
+    assert (dx.double() - exact_dx).abs().max() < 0.1 * exact_dx.abs().max()
+
+
+def test_unet_with_kernel_equals_unet_without(monkeypatch):
+    torch.manual_seed(0)
+    net = UNet(image_size=16, base_channels=16, channel_mult=(1, 2), attn_resolutions=(8,), num_classes=3)
+    with torch.no_grad():  # zero-initialised output layers would hide most of the network
+        for p in net.parameters():
+            if not p.any():
+                p.normal_(std=0.05)
+    net = net.to(memory_format=CL)
+    x = torch.randn(4, 1, 16, 16).contiguous(memory_format=CL)
+    t, y = torch.tensor([1.0, 200.0, 500.0, 999.0]), torch.tensor([0, 1, 2, 3])
+
+    def run():
+        net.zero_grad()
+        xi = x.clone().requires_grad_()
+        out = net(xi, t, y)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        return [out, xi.grad] + [p.grad.clone() for p in net.parameters()]
+
+    calls = []
+    apply = fused._GroupNormAct.apply
+    monkeypatch.setattr(fused._GroupNormAct, "apply", lambda *a: calls.append(1) or apply(*a))
+    norms = sum(2 if isinstance(m, ResBlock) else 1 for m in net.modules()
+                if isinstance(m, ResBlock | SelfAttention2d)) + 1  # + the output norm
+    fast = run()
+    assert len(calls) == norms
+    monkeypatch.setenv(fused.ENV, "0")
+    ref = run()
+    assert len(calls) == norms
+    for a, b in zip(fast, ref):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * max(b.abs().max().item(), 1.0))
+
+
+def test_sampling_under_inference_mode_uses_the_kernel():
+    norm = _norm(32, 8)
+    x, scale, shift = _inputs(2, 32, 7, 7, torch.float32, film=True)
+    with torch.inference_mode():
+        got = fused.group_norm_act(x, norm, scale, shift)
+    assert torch.allclose(got, fused.reference(x, norm, scale, shift), atol=1e-5)
+
+
+def test_fallbacks_give_the_reference(monkeypatch):
+    norm = _norm(16, 4)
+    x, scale, shift = _inputs(2, 16, 6, 6, torch.float32, film=True)
+    nchw = x.contiguous()
+    assert not fused.applies(nchw) and fused.applies(x)
+    assert torch.equal(fused.group_norm_act(nchw, norm, scale, shift), fused.reference(nchw, norm, scale, shift))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not fused.applies(x)
+    monkeypatch.setenv(fused.ENV, "0")
+    assert not fused.applies(x) and fused.status().startswith("off")
+    monkeypatch.setenv(fused.ENV, "sometimes")
+    with pytest.raises(Exception, match="GENMODELS_FUSED_KERNELS must be auto, 0 or 1"):
+        fused.mode()
+    with pytest.raises(ValueError, match="scale and shift together"):
+        fused.group_norm_act(x, norm, scale, None)
+
+
+def test_a_failed_build_warns_once_and_falls_back(monkeypatch):
+    monkeypatch.setattr(fused, "_module", None)
+    monkeypatch.setattr(fused, "_failure", None)
+
+    def broken():
+        raise RuntimeError("Error building extension: c++ not found")
+
+    monkeypatch.setattr(fused, "_build", broken)
+    norm = _norm(16, 4)
+    x, _, _ = _inputs(2, 16, 6, 6, torch.float32, film=False)
+    with pytest.warns(RuntimeWarning, match="could not be built"):
+        out = fused.group_norm_act(x, norm)
+    assert torch.equal(out, fused.reference(x, norm))
+    assert "c++ not found" in fused.status()
+    monkeypatch.setattr(fused, "_failure", None)
+    monkeypatch.setenv(fused.ENV, "1")
+    with pytest.raises(RuntimeError, match="GENMODELS_FUSED_KERNELS=1"):
+        fused.load()
+
+
+def test_second_derivatives_are_refused_not_wrong():
+    norm = _norm(16, 4)
+    x, _, _ = _inputs(2, 16, 6, 6, torch.float32, film=False)
+    x.requires_grad_()
+    (g,) = torch.autograd.grad(fused.group_norm_act(x, norm).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        g.sum().backward()
