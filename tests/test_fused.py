@@ -170,6 +170,13 @@ def test_a_failed_build_warns_once_and_falls_back(monkeypatch):
         fused.load()
 
 
+def test_a_missing_compiler_is_named(monkeypatch, tmp_path):
+    monkeypatch.setenv("GENMODELS_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler: '/nonexistent/c\\+\\+' is not on PATH"):
+        fused._build()
+
+
 def test_second_derivatives_are_refused_not_wrong():
     norm = _norm(16, 4)
     x, _, _ = _inputs(2, 16, 6, 6, torch.float32, film=False)

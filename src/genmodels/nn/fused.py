@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import os
 import platform
+import shutil
 import sys
 import threading
 import time
@@ -95,6 +96,9 @@ def load():
 def _build():
     from torch.utils import cpp_extension
 
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        raise RuntimeError(f"no C++ compiler: {compiler!r} is not on PATH (install one, e.g. apt-get install g++)")
     target = build_dir()
     target.mkdir(parents=True, exist_ok=True)
     fresh = not any(target.glob("*.so"))
