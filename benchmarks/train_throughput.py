@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -97,12 +98,8 @@ def ours_unfused(device: str):
     step, model = ours(device)
 
     def unfused_step():
-        previous = os.environ.get(fused.ENV)
-        os.environ[fused.ENV] = "0"
-        try:
+        with mock.patch.dict(os.environ, {fused.ENV: "0"}):
             step()
-        finally:
-            os.environ.pop(fused.ENV) if previous is None else os.environ.__setitem__(fused.ENV, previous)
 
     return unfused_step, model
 

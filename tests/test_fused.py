@@ -76,6 +76,29 @@ def test_float32_matches_reference_at_unet_shapes(channels, size):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item()), name
 
 
+def test_group_norm_without_affine_parameters():
+    norm = nn.GroupNorm(4, 16, affine=False)
+    x, scale, shift = _inputs(3, 16, 5, 5, torch.float64, film=True, seed=3)
+    norm = norm.double()
+    assert torch.autograd.gradcheck(
+        lambda x, s, t: fused.group_norm_act(x, norm, s, t), (x.requires_grad_(), scale.requires_grad_(),
+                                                              shift.requires_grad_()), eps=1e-6, atol=1e-6)
+    assert torch.allclose(fused.group_norm_act(x, norm, scale, shift), fused.reference(x, norm, scale, shift))
+
+
+def test_the_kernel_refuses_inputs_it_would_misread(kernel):
+    x, scale, shift = _inputs(2, 16, 6, 6, torch.float32, film=True)
+    weight, bias = torch.ones(16), torch.zeros(16)
+    with pytest.raises(RuntimeError, match="channels_last"):
+        kernel.forward(x.contiguous(), 4, weight, bias, None, None, True, 1e-5)
+    with pytest.raises(RuntimeError, match="not divisible by 5 groups"):
+        kernel.forward(x, 5, weight, bias, None, None, True, 1e-5)
+    with pytest.raises(RuntimeError, match="weight/bias"):
+        kernel.forward(x, 4, torch.ones(8), bias, None, None, True, 1e-5)
+    with pytest.raises(RuntimeError, match="scale/shift"):
+        kernel.forward(x, 4, weight, bias, scale.double(), shift, True, 1e-5)
+
+
 def test_statistics_are_stable_for_large_offsets():
     """A large common offset must not wash out a small variance: the kernel centres before it sums.
     The bound is what float32 can hold (the mean itself is rounded to 1e-3 here); PyTorch's own

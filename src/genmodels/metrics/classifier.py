@@ -12,7 +12,6 @@ is a separate module.)
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..data import load_dataset
+from ..paths import cache_dir
 
 
 NOT_A_DIGIT = 10
@@ -36,10 +36,6 @@ class SmallCNN(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x))
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("GENMODELS_CACHE", Path.home() / ".cache" / "genmodels"))
 
 
 def not_digits(digits, labels, *, generator):

@@ -24,7 +24,7 @@ import json
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from ..data import Dataset, InfiniteBatches, load_dataset
 from ..errors import DataError
 from ..train.checkpoint import atomic_write
-from .classifier import cache_dir
+from ..paths import cache_dir
 
 __all__ = ["FeatureCNN", "FeatureNet", "Recipe", "RECIPES", "build_feature_cnn", "feature_net",
            "feature_cnn_path"]

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from ..data import TOY_DISTRIBUTIONS, load_dataset
 from ..errors import ConfigError, DataError
 from ..train.checkpoint import atomic_write
-from .classifier import cache_dir
+from ..paths import cache_dir
 from .classify import classifier_score, conditional_accuracy
 from .features import FeatureNet, feature_net, feature_net_id
 from .frechet import fd

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from genmodels.errors import ConfigError
+from genmodels.paths import cache_dir
 
 SOURCE = Path(__file__).parent / "csrc" / "group_norm_act.cpp"
 CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
@@ -56,12 +57,11 @@ def mode() -> str:
 def build_dir() -> Path:
     """Where the compiled kernel lives: keyed by the source, flags, torch, Python and CPU, because
     -march=native code must not be reused on another processor."""
-    cache = Path(os.environ.get("GENMODELS_CACHE", Path.home() / ".cache" / "genmodels"))
     key = hashlib.sha256()
     for part in (SOURCE.read_bytes(), " ".join(CFLAGS).encode(), torch.__version__.encode(),
                  sys.version.encode(), _cpu_model().encode(), platform.machine().encode()):
         key.update(part)
-    return cache / "ext" / f"group_norm_act-{key.hexdigest()[:16]}"
+    return cache_dir() / "ext" / f"group_norm_act-{key.hexdigest()[:16]}"
 
 
 def _cpu_model() -> str:
@@ -141,7 +141,7 @@ def group_norm_act(x: Tensor, norm: nn.GroupNorm, scale: Tensor | None = None, s
     """``norm(x)``, modulated by ``(1 + scale, shift)`` of shape ``[B, C]`` when given, then SiLU."""
     if (scale is None) != (shift is None):
         raise ValueError("group_norm_act takes scale and shift together (or neither)")
-    if applies(x) and norm.affine:
+    if applies(x):
         return _GroupNormAct.apply(x, norm.num_groups, norm.weight, norm.bias,
                                    None if scale is None else scale.contiguous(),
                                    None if shift is None else shift.contiguous(), silu, norm.eps)
@@ -171,10 +171,14 @@ class _GroupNormAct(torch.autograd.Function):
         x, mean, rstd, weight, bias, scale, shift = ctx.saved_tensors
         dx, sum_dy, sum_dy_xhat = _module.backward(grad, x, mean, rstd, ctx.groups, weight, bias,
                                                    scale, shift, ctx.silu)
-        # y = (1 + scale) * (weight * xhat + bias) + shift, summed over pixels per (image, channel)
-        gain = None if scale is None else 1 + scale
-        d_weight = (sum_dy_xhat if gain is None else gain * sum_dy_xhat).sum(0)
-        d_bias = (sum_dy if gain is None else gain * sum_dy).sum(0)
-        d_scale = None if scale is None else weight * sum_dy_xhat + bias * sum_dy
+        # y = (1 + scale) * (weight * xhat + bias) + shift, summed over pixels per (image, channel);
+        # weight and bias are None for GroupNorm(affine=False): weight 1, bias 0
+        gain = 1 if scale is None else 1 + scale
+        d_weight = None if weight is None else (gain * sum_dy_xhat).sum(0)
+        d_bias = None if bias is None else (gain * sum_dy).sum(0)
+        d_scale = None
+        if scale is not None:
+            d_scale = sum_dy_xhat if weight is None else weight * sum_dy_xhat
+            d_scale = d_scale if bias is None else d_scale + bias * sum_dy
         d_shift = None if shift is None else sum_dy
         return dx, None, d_weight, d_bias, d_scale, d_shift, None, None

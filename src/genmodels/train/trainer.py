@@ -28,7 +28,6 @@ from ..data import derive_seed
 from ..errors import CheckpointError, GenmodelsError, TrainingDiverged
 from . import checkpoint
 from .distributed import Dist
-from .ema import EMA
 
 NOISE_STREAM = 1  # derive_seed(seed, NOISE_STREAM, shard): unrelated to the data order's (seed, epoch)
 

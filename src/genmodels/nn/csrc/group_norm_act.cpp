@@ -204,9 +204,27 @@ template <typename T> static const T* ptr(const c10::optional<at::Tensor>& t) {
   return t.has_value() && t->defined() ? t->data_ptr<T>() : nullptr;
 }
 
+// The kernels index raw memory: refuse anything but the layout they assume, with a message.
+static void check_inputs(const at::Tensor& x, int64_t G, std::initializer_list<const c10::optional<at::Tensor>*> per_channel,
+                         std::initializer_list<const c10::optional<at::Tensor>*> per_image_channel) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "group_norm_act kernel: x must be a 4-D CPU tensor in channels_last layout, got ", x.sizes());
+  const int64_t N = x.size(0), C = x.size(1);
+  TORCH_CHECK(G > 0 && C % G == 0, "group_norm_act kernel: ", C, " channels are not divisible by ", G, " groups");
+  for (auto* t : per_channel)
+    if (t->has_value() && (*t)->defined())
+      TORCH_CHECK((*t)->numel() == C && (*t)->is_contiguous() && (*t)->scalar_type() == x.scalar_type(),
+                  "group_norm_act kernel: weight/bias must be contiguous [", C, "] of x's dtype");
+  for (auto* t : per_image_channel)
+    if (t->has_value() && (*t)->defined())
+      TORCH_CHECK((*t)->numel() == N * C && (*t)->is_contiguous() && (*t)->scalar_type() == x.scalar_type(),
+                  "group_norm_act kernel: scale/shift must be contiguous [", N, ", ", C, "] of x's dtype");
+}
+
 std::vector<at::Tensor> gn_forward(const at::Tensor& x, int64_t G, const c10::optional<at::Tensor>& gamma,
                                    const c10::optional<at::Tensor>& beta, const c10::optional<at::Tensor>& scale,
                                    const c10::optional<at::Tensor>& shift, bool silu, double eps) {
+  check_inputs(x, G, {&gamma, &beta}, {&scale, &shift});
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   auto out = at::empty_like(x, at::MemoryFormat::ChannelsLast);
   auto mean = at::empty({N, G}, x.options()), rstd = at::empty({N, G}, x.options());
@@ -222,6 +240,9 @@ std::vector<at::Tensor> gn_backward(const at::Tensor& dout, const at::Tensor& x,
                                     const at::Tensor& rstd, int64_t G, const c10::optional<at::Tensor>& gamma,
                                     const c10::optional<at::Tensor>& beta, const c10::optional<at::Tensor>& scale,
                                     const c10::optional<at::Tensor>& shift, bool silu) {
+  check_inputs(x, G, {&gamma, &beta}, {&scale, &shift});
+  TORCH_CHECK(dout.sizes() == x.sizes() && dout.scalar_type() == x.scalar_type(),
+              "group_norm_act kernel: the gradient must match x, got ", dout.sizes());
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   auto g = dout.contiguous(at::MemoryFormat::ChannelsLast);
   auto dx = at::empty_like(x, at::MemoryFormat::ChannelsLast);
