@@ -14,17 +14,22 @@ noise and timesteps drawn, forward, MSE backward, gradient clipping, AdamW, EMA 
 The two are timed in the same process, interleaved A B B A per round because the machine's
 speed drifts, and the ratio is the median over rounds. GFLOP/s are training FLOPs per image
 times img/s, compared with the fp32 matrix-multiply peak measured in the same run (the better of BLAS and a
-oneDNN 1x1 convolution). Peak memory
+oneDNN 1x1 convolution). FLOPs are the network's nominal ones: our upsampling layers compute
+"nearest x2, then 3x3 conv" as 2x2 convs at the coarse resolution (genmodels.nn.upsample_conv, the
+same function with about half the FLOPs), so they are counted in the textbook form the peer runs,
+which keeps "equal FLOPs" meaning the same network; the FLOPs we execute are reported too. Peak memory
 is the peak resident set (CPU) or peak allocated memory (CUDA) of a fresh process that builds
 the model and takes a few steps.
 
     python benchmarks/train_throughput.py                 # markdown table
     python benchmarks/train_throughput.py --json          # one JSON line
-    python benchmarks/train_throughput.py --unfused       # + our trainer without the fused GroupNorm kernel
+    python benchmarks/train_throughput.py --unfused       # + our trainer without its C++ kernels
+    python benchmarks/train_throughput.py --textbook-upsample  # + ours upsampling then convolving at 2x
     python benchmarks/train_throughput.py --device cuda --rounds 5 --steps 20
 """
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -42,7 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from genmodels.config import load_config
 from genmodels.data import load_dataset
-from genmodels.nn import fused
+from genmodels.nn import fused, layers, upsample_conv
 from genmodels.train.run import make_adamw, prepare
 
 BATCH = 64
@@ -94,7 +99,8 @@ def peer(device: str):
 
 
 def ours_unfused(device: str):
-    """``ours`` with GroupNorm, modulation and SiLU as separate PyTorch ops (GENMODELS_FUSED_KERNELS=0)."""
+    """``ours`` without our C++ kernels: GroupNorm, modulation and SiLU as separate PyTorch ops and
+    the output conv by oneDNN (GENMODELS_FUSED_KERNELS=0)."""
     step, model = ours(device)
 
     def unfused_step():
@@ -104,7 +110,23 @@ def ours_unfused(device: str):
     return unfused_step, model
 
 
-BUILDERS = {"ours": ours, "peer": peer, "unfused": ours_unfused}
+def textbook_upsample():
+    """Run our Upsample layers in the textbook form (nearest x2, then the 3x3 conv at 2x resolution)."""
+    return mock.patch.object(layers, "nearest_up_conv3x3", upsample_conv.reference)
+
+
+def ours_textbook_upsample(device: str):
+    """``ours`` with the upsampling convolutions run at the fine resolution (see ``textbook_upsample``)."""
+    step, model = ours(device)
+
+    def textbook_step():
+        with textbook_upsample():
+            step()
+
+    return textbook_step, model
+
+
+BUILDERS = {"ours": ours, "peer": peer, "unfused": ours_unfused, "textbook_upsample": ours_textbook_upsample}
 
 
 def sync(device: str) -> None:
@@ -121,9 +143,12 @@ def timed(step, steps: int, device: str) -> float:
     return time.perf_counter() - start
 
 
-def train_flops_per_image(step) -> float:
-    """Matmul/conv/attention FLOPs of one whole training step, per image."""
-    with FlopCounterMode(display=False) as counter:
+def train_flops_per_image(step, *, nominal: bool = True) -> float:
+    """Matmul/conv/attention FLOPs of one whole training step, per image: with ``nominal``, those of
+    the textbook network (upsampling convs at the fine resolution), else those executed. Counted with
+    our C++ kernels off, because the counter does not see inside them (the output conv's FLOPs)."""
+    with (FlopCounterMode(display=False) as counter, mock.patch.dict(os.environ, {fused.ENV: "0"}),
+          textbook_upsample() if nominal else contextlib.nullcontext()):
         step()
     return counter.get_total_flops() / BATCH
 
@@ -186,20 +211,24 @@ def main():
     parser.add_argument("--steps", type=int, default=5, help="training steps per timed block")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
     parser.add_argument("--unfused", action="store_true",
-                        help="also time our trainer without the fused GroupNorm+SiLU kernel (a third row)")
+                        help="also time our trainer without its C++ kernels (GroupNorm+SiLU, output conv; a row)")
+    parser.add_argument("--textbook-upsample", action="store_true",
+                        help="also time our trainer with upsample-then-conv at the fine resolution (a row)")
     parser.add_argument("--peak-memory", choices=list(BUILDERS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.peak_memory:
         return measure_peak_memory(args.peak_memory, args.device)
 
-    names = ["ours", "peer"] + (["unfused"] if args.unfused else [])
+    names = ["ours", "peer"] + (["unfused"] if args.unfused else []) + (
+        ["textbook_upsample"] if args.textbook_upsample else [])
     models = {name: BUILDERS[name](args.device) for name in names}
     for step, _ in models.values():  # warm-up: oneDNN/cuDNN primitives, allocator
         for _ in range(3):
             step()
     sync(args.device)
     flops = {name: train_flops_per_image(step) for name, (step, _) in models.items()}
+    executed = {name: train_flops_per_image(step, nominal=False) for name, (step, _) in models.items()}
     params = {name: sum(p.numel() for p in model.parameters()) for name, (_, model) in models.items()}
     probes = gemm_peak_gflops(args.device)
     gemm = probes["peak"]
@@ -225,7 +254,9 @@ def main():
         "gemm_conv1x1_gflops": round(probes["conv1x1"], 1),
         "ours_gflops": round(flops["ours"] * img_s["ours"] / 1e9, 1),
         "peer_gflops": round(flops["peer"] * img_s["peer"] / 1e9, 1),
+        "ours_executed_gflops": round(executed["ours"] * img_s["ours"] / 1e9, 1),
         "ours_train_gflop_per_image": round(flops["ours"] / 1e9, 4),
+        "ours_executed_gflop_per_image": round(executed["ours"] / 1e9, 4),
         "peer_train_gflop_per_image": round(flops["peer"] / 1e9, 4),
         "ours_params": params["ours"], "peer_params": params["peer"],
         "peak_mem_mib": round(memory["ours"]["peak_mib"]), "peer_peak_mem_mib": round(memory["peer"]["peak_mib"]),
@@ -234,26 +265,35 @@ def main():
     if args.unfused:
         result["unfused_img_s"] = round(img_s["unfused"], 1)
         result["fused_speedup"] = round(statistics.median(o / u for o, u in zip(rate["ours"], rate["unfused"])), 3)
+    if args.textbook_upsample:
+        result["textbook_upsample_img_s"] = round(img_s["textbook_upsample"], 1)
+        result["upsample_speedup"] = round(statistics.median(
+            o / u for o, u in zip(rate["ours"], rate["textbook_upsample"])), 3)
     if args.json:
         print(json.dumps(result))
         return
     print(f"torch {torch.__version__}, device {args.device}, {args.threads} threads, batch {BATCH}, "
           f"median of {args.rounds} A-B-B-A rounds x {args.steps} steps; fp32 GEMM peak {gemm:.0f} GFLOP/s "
           f"(best of BLAS {probes['blas']:.0f}, 1x1 conv {probes['conv1x1']:.0f})\n")
-    print(f"| model | params | train GFLOP/img | img/s | GFLOP/s | of GEMM peak | peak memory ({result['peak_mem_kind']}) |")
+    print(f"| model | params | train GFLOP/img (executed) | img/s | GFLOP/s (executed) | of GEMM peak "
+          f"| peak memory ({result['peak_mem_kind']}) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     labels = {"ours": "genmodels UNet (mnist-ddpm), genmodels trainer",
               "peer": "diffusers UNet2DModel (16,56,64), diffusers training loop",
-              "unfused": "genmodels, GroupNorm+SiLU as PyTorch ops (GENMODELS_FUSED_KERNELS=0)"}
+              "unfused": "genmodels, GroupNorm+SiLU and output conv as PyTorch ops (GENMODELS_FUSED_KERNELS=0)",
+              "textbook_upsample": "genmodels, upsample then 3x3 conv at the fine resolution"}
     for name in models:
         achieved = flops[name] * img_s[name] / 1e9
         peak = f"{memory[name]['peak_mib']:.0f} MiB" if name in memory else "-"
-        print(f"| {labels[name]} | {params[name] / 1e6:.3f} M | {flops[name] / 1e9:.3f} | {img_s[name]:.0f} | "
-              f"{achieved:.0f} | {100 * achieved / gemm:.0f} % | {peak} |")
-    print(f"\nfused GroupNorm+SiLU kernel: {result['fused_kernel']}")
+        print(f"| {labels[name]} | {params[name] / 1e6:.3f} M | {flops[name] / 1e9:.3f} ({executed[name] / 1e9:.3f}) "
+              f"| {img_s[name]:.0f} | {achieved:.0f} ({executed[name] * img_s[name] / 1e9:.0f}) "
+              f"| {100 * achieved / gemm:.0f} % | {peak} |")
+    print(f"\nfused CPU kernels (GroupNorm+SiLU, output conv): {result['fused_kernel']}")
     print(f"ratio ours / peer (img/s, median of per-round ratios): {ratio:.2f}x")
     if args.unfused:
-        print(f"ratio ours / ours without the fused kernel: {result['fused_speedup']:.2f}x")
+        print(f"ratio ours / ours without the C++ kernels: {result['fused_speedup']:.2f}x")
+    if args.textbook_upsample:
+        print(f"ratio ours / ours with textbook upsampling: {result['upsample_speedup']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""The fused GroupNorm + scale-shift + SiLU kernel against its PyTorch reference: gradcheck in double
-precision on both channel paths (compile-time and runtime widths), float32 agreement at the demo
-UNet's shapes, numerical stability, the whole UNet with the kernel on and off, and the fallbacks."""
+"""The fused GroupNorm + scale-shift + SiLU kernel and the output-conv kernel against their PyTorch
+references: gradcheck in double precision on both channel paths (compile-time and runtime widths),
+float32 agreement at the demo UNet's shapes, numerical stability, the whole UNet with the kernels on
+and off, and the fallbacks."""
 
 import shutil
 
@@ -131,19 +132,21 @@ def test_unet_with_kernel_equals_unet_without(monkeypatch):
         net.zero_grad()
         xi = x.clone().requires_grad_()
         out = net(xi, t, y)
-        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        # a random upstream: with a symmetric one the output bias's gradient cancels to rounding noise
+        (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(1))).sum().backward()
         return [out, xi.grad] + [p.grad.clone() for p in net.parameters()]
 
-    calls = []
-    apply = fused._GroupNormAct.apply
+    calls, conv_calls = [], []
+    apply, conv_apply = fused._GroupNormAct.apply, fused._OutputConv.apply
     monkeypatch.setattr(fused._GroupNormAct, "apply", lambda *a: calls.append(1) or apply(*a))
+    monkeypatch.setattr(fused._OutputConv, "apply", lambda *a: conv_calls.append(1) or conv_apply(*a))
     norms = sum(2 if isinstance(m, ResBlock) else 1 for m in net.modules()
                 if isinstance(m, ResBlock | SelfAttention2d)) + 1  # + the output norm
     fast = run()
-    assert len(calls) == norms
+    assert len(calls) == norms and len(conv_calls) == 1
     monkeypatch.setenv(fused.ENV, "0")
     ref = run()
-    assert len(calls) == norms
+    assert len(calls) == norms and len(conv_calls) == 1
     for a, b in zip(fast, ref):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * max(b.abs().max().item(), 1.0))
 
@@ -207,3 +210,57 @@ def test_second_derivatives_are_refused_not_wrong():
     (g,) = torch.autograd.grad(fused.group_norm_act(x, norm).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
         g.sum().backward()
+
+
+def _conv(cin, cout, dtype, bias=True, seed=0):
+    conv = nn.Conv2d(cin, cout, 3, padding=1, bias=bias).to(dtype)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=g, dtype=dtype))
+        if bias:
+            conv.bias.copy_(torch.randn(cout, generator=g, dtype=dtype))
+    return conv
+
+
+@pytest.mark.parametrize("cin,cout,h,w", [(32, 1, 5, 6), (12, 3, 4, 3), (40, 8, 1, 1), (16, 2, 1, 7)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_output_conv_gradcheck_double(cin, cout, h, w, bias):
+    # 32 / 16: compile-time widths in whole vectors; 12 and 40: runtime width with a scalar tail
+    conv = _conv(cin, cout, torch.float64, bias)
+    x = torch.randn(3, cin, h, w, dtype=torch.float64).contiguous(memory_format=CL).requires_grad_()
+    weight = conv.weight.detach().permute(0, 2, 3, 1).contiguous().requires_grad_()
+    b = conv.bias.detach().clone().requires_grad_() if bias else None
+    assert torch.autograd.gradcheck(lambda *a: fused._OutputConv.apply(*a), (x, weight, b))
+    torch.testing.assert_close(fused.output_conv(x, conv), conv(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cout", [1, 3])
+def test_output_conv_float32_matches_onednn_at_the_demo_shape(cout):
+    conv = _conv(32, cout, torch.float32)
+    x = torch.randn(8, 32, 28, 28).contiguous(memory_format=CL).requires_grad_()
+    got, want = fused.output_conv(x, conv), conv(x)
+    assert got.grad_fn.name() == "_OutputConvBackward" and got.is_contiguous(memory_format=CL)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    upstream = torch.randn_like(want)
+    for a, b in zip(torch.autograd.grad(got, (x, conv.weight, conv.bias), upstream),
+                    torch.autograd.grad(want, (x, conv.weight, conv.bias), upstream)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3 * b.abs().max().item())
+
+
+@pytest.mark.parametrize("conv", [nn.Conv2d(8, 9, 3, padding=1), nn.Conv2d(8, 1, 3, padding=2, dilation=2),
+                                  nn.Conv2d(8, 1, 3, stride=2, padding=1), nn.Conv2d(8, 1, 1),
+                                  nn.Conv2d(8, 1, 3, padding=1, padding_mode="reflect")])
+def test_output_conv_leaves_other_convs_to_pytorch(conv, monkeypatch):
+    monkeypatch.setattr(fused._OutputConv, "apply", lambda *a: pytest.fail("the kernel took a conv it does not do"))
+    x = torch.randn(2, 8, 6, 6).contiguous(memory_format=CL)
+    torch.testing.assert_close(fused.output_conv(x, conv), conv(x))
+
+
+def test_output_conv_kernel_refuses_inputs_it_would_misread(kernel):
+    x = torch.randn(2, 8, 5, 5).contiguous(memory_format=CL)
+    with pytest.raises(RuntimeError, match="channels_last"):
+        kernel.output_conv_forward(x.contiguous(), torch.zeros(1, 3, 3, 8), None)
+    with pytest.raises(RuntimeError, match=r"weight must be contiguous \[O <= 8, 3, 3, 8\]"):
+        kernel.output_conv_forward(x, torch.zeros(1, 3, 3, 4), None)
+    with pytest.raises(RuntimeError, match="gradient must be"):
+        kernel.output_conv_backward(torch.zeros(2, 2, 5, 5), x, torch.zeros(1, 3, 3, 8), True)

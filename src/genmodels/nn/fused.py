@@ -1,4 +1,5 @@
-"""GroupNorm, its scale-shift modulation and SiLU as one CPU kernel (forward and backward).
+"""CPU kernels for the denoisers' hot spots: GroupNorm + scale-shift + SiLU as one pass, and the
+output layer's 3x3 convolution to a few channels (forward and backward each).
 
 ``group_norm_act(x, norm, scale=None, shift=None, silu=True)`` computes
 
@@ -11,10 +12,14 @@ CPU, for float32/float64 tensors in channels_last layout, it runs the C++ kernel
 compiler) it runs the same math in PyTorch ops; the two agree to float rounding (tests/test_fused.py).
 On the demo UNet the kernel makes a training step ~10 % faster (docs/BENCHMARKS.md).
 
+``output_conv(x, conv)`` is ``conv(x)`` for a 3x3, stride-1, padding-1 ``nn.Conv2d`` with at most 8
+output channels (``csrc/output_conv.cpp``, same conditions): oneDNN runs that shape at a few percent of
+the machine's peak, this kernel at the speed of reading x.
+
 ``GENMODELS_FUSED_KERNELS``: ``auto`` (default: build, or warn once and fall back), ``0`` (never use
 the kernel), ``1`` (the kernel is required: a failed build is an error).
 
-The kernel's backward is not itself differentiable: a second derivative through it raises PyTorch's
+The kernels' backward is not itself differentiable: a second derivative through it raises PyTorch's
 "once_differentiable" error; set ``GENMODELS_FUSED_KERNELS=0`` for such uses.
 """
 
@@ -37,7 +42,10 @@ from torch.autograd.function import once_differentiable
 from genmodels.errors import ConfigError
 from genmodels.paths import cache_dir
 
-SOURCE = Path(__file__).parent / "csrc" / "group_norm_act.cpp"
+CSRC = Path(__file__).parent / "csrc"
+SOURCES = [CSRC / name for name in ("module.cpp", "group_norm_act.cpp", "output_conv.cpp")]
+HEADERS = [CSRC / "common.h"]
+OUTPUT_CONV_MAX_CHANNELS = 8
 CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
 LDFLAGS = ["-fopenmp"]
 ENV = "GENMODELS_FUSED_KERNELS"
@@ -58,10 +66,11 @@ def build_dir() -> Path:
     """Where the compiled kernel lives: keyed by the source, flags, torch, Python and CPU, because
     -march=native code must not be reused on another processor."""
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(CFLAGS).encode(), torch.__version__.encode(),
-                 sys.version.encode(), _cpu_model().encode(), platform.machine().encode()):
+    for part in (*(f.read_bytes() for f in SOURCES + HEADERS), " ".join(CFLAGS).encode(),
+                 torch.__version__.encode(), sys.version.encode(), _cpu_model().encode(),
+                 platform.machine().encode()):
         key.update(part)
-    return cache_dir() / "ext" / f"group_norm_act-{key.hexdigest()[:16]}"
+    return cache_dir() / "ext" / f"kernels-{key.hexdigest()[:16]}"
 
 
 def _cpu_model() -> str:
@@ -86,8 +95,9 @@ def load():
         except Exception as exc:  # no compiler, no ninja, unsupported platform: fall back
             _failure = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
             if mode() == "1":
-                raise RuntimeError(f"{ENV}=1 but the fused GroupNorm kernel could not be built: {_failure}") from exc
-            warnings.warn(f"genmodels: the fused GroupNorm+SiLU kernel could not be built ({_failure}); "
+                raise RuntimeError(f"{ENV}=1 but the fused CPU kernels could not be built: {_failure}") from exc
+            warnings.warn(f"genmodels: the fused CPU kernels (GroupNorm+SiLU, output conv) could not be built "
+                          f"({_failure}); "
                           f"using PyTorch ops (slower on CPU). Set {ENV}=0 to skip the attempt.",
                           RuntimeWarning, stacklevel=3)
     return _module
@@ -103,20 +113,20 @@ def _build():
     target.mkdir(parents=True, exist_ok=True)
     fresh = not any(target.glob("*.so"))
     if fresh:
-        print(f"genmodels: compiling the fused GroupNorm+SiLU kernel once (about 30 s) into {target}",
+        print(f"genmodels: compiling the fused CPU kernels once (about 30 s) into {target}",
               file=sys.stderr, flush=True)
     start = time.perf_counter()
     # pip's ninja lands next to the interpreter, which is not on PATH unless the venv is activated.
     path = os.environ.get("PATH", "")
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), path])
     try:
-        module = cpp_extension.load(name="genmodels_group_norm_act", sources=[str(SOURCE)],
+        module = cpp_extension.load(name="genmodels_kernels", sources=[str(f) for f in SOURCES],
                                     extra_cflags=CFLAGS, extra_ldflags=LDFLAGS,
                                     build_directory=str(target), verbose=False)
     finally:
         os.environ["PATH"] = path
     if fresh:
-        print(f"genmodels: fused kernel ready ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+        print(f"genmodels: fused kernels ready ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
     return module
 
 
@@ -155,6 +165,31 @@ def reference(x: Tensor, norm: nn.GroupNorm, scale: Tensor | None = None, shift:
     if scale is not None:
         h = torch.addcmul(shift[:, :, None, None], h, 1 + scale[:, :, None, None])
     return F.silu(h) if silu else h
+
+
+def output_conv(x: Tensor, conv: nn.Conv2d) -> Tensor:
+    """``conv(x)``; by the kernel for a 3x3, stride-1, zero-padding-1 conv to at most 8 channels."""
+    if (conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1)
+            and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
+            and conv.out_channels <= OUTPUT_CONV_MAX_CHANNELS and x.dtype == conv.weight.dtype and applies(x)):
+        # the kernel reads the weight as [O, 3, 3, C]: each tap's channel vector contiguous
+        return _OutputConv.apply(x, conv.weight.permute(0, 2, 3, 1).contiguous(), conv.bias)
+    return conv(x)
+
+
+class _OutputConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _module.output_conv_forward(x, weight, bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grads = _module.output_conv_backward(grad, x, weight, ctx.has_bias)
+        return grads[0], grads[1], grads[2] if ctx.has_bias else None
 
 
 class _GroupNormAct(torch.autograd.Function):

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from genmodels.errors import ConfigError
-from genmodels.nn.fused import group_norm_act
+from genmodels.nn.fused import group_norm_act, output_conv
 from genmodels.nn.layers import (
     Downsample,
     ResBlock,
@@ -141,7 +141,7 @@ class UNet(nn.Module):
             if not isinstance(module, Upsample):
                 h = torch.cat([h, hs.pop()], dim=1)
             h = module(h, emb)
-        return self.conv_out(group_norm_act(h, self.norm_out))
+        return output_conv(group_norm_act(h, self.norm_out), self.conv_out)
 
 
 def _per_sample(c_noise: Tensor | float, batch: int) -> Tensor:

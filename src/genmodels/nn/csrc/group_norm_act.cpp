@@ -13,28 +13,11 @@
 // The forward returns the per-(image, group) mean and 1/std for the backward; the backward returns dx
 // and the per-(image, channel) sums of dy and dy * xhat, from which the Python side forms the small
 // gradients of gamma, beta, scale and shift.
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
+#include "common.h"
+
 #include <cmath>
-#include <cstdint>
 #include <cstring>
 #include <vector>
-
-// Calls body with a compile-time channel count when C is a common width (so the inner loop over
-// channels unrolls into a few vector operations), else with 0 (runtime width).
-#define GM_DISPATCH_C(C, ...)                                                        \
-  switch (C) {                                                                       \
-    case 8: { constexpr int CT = 8; __VA_ARGS__(); break; }                          \
-    case 16: { constexpr int CT = 16; __VA_ARGS__(); break; }                        \
-    case 32: { constexpr int CT = 32; __VA_ARGS__(); break; }                        \
-    case 48: { constexpr int CT = 48; __VA_ARGS__(); break; }                        \
-    case 64: { constexpr int CT = 64; __VA_ARGS__(); break; }                        \
-    case 96: { constexpr int CT = 96; __VA_ARGS__(); break; }                        \
-    case 128: { constexpr int CT = 128; __VA_ARGS__(); break; }                      \
-    case 192: { constexpr int CT = 192; __VA_ARGS__(); break; }                      \
-    case 256: { constexpr int CT = 256; __VA_ARGS__(); break; }                      \
-    default: { constexpr int CT = 0; __VA_ARGS__(); break; }                         \
-  }
 
 // exp for the SiLU gate, inline so that the channel loops vectorize without a math library call:
 // Cephes' expf (range reduction by ln 2, degree-6 polynomial; relative error ~1e-7 over the clamped
@@ -200,10 +183,6 @@ static void backward_kernel(const T* dout, const T* x, const T* mean, const T* r
   });
 }
 
-template <typename T> static const T* ptr(const c10::optional<at::Tensor>& t) {
-  return t.has_value() && t->defined() ? t->data_ptr<T>() : nullptr;
-}
-
 // The kernels index raw memory: refuse anything but the layout they assume, with a message.
 static void check_inputs(const at::Tensor& x, int64_t G, std::initializer_list<const c10::optional<at::Tensor>*> per_channel,
                          std::initializer_list<const c10::optional<at::Tensor>*> per_image_channel) {
@@ -254,9 +233,4 @@ std::vector<at::Tensor> gn_backward(const at::Tensor& dout, const at::Tensor& x,
                               sum_dy.data_ptr<scalar_t>(), sum_dy_xhat.data_ptr<scalar_t>(), N, C, HW, G, silu); });
   });
   return {dx, sum_dy, sum_dy_xhat};
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &gn_forward, "fused GroupNorm + scale-shift + SiLU, forward");
-  m.def("backward", &gn_backward, "fused GroupNorm + scale-shift + SiLU, backward");
 }
