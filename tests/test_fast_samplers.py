@@ -9,7 +9,7 @@ import torch
 
 from genmodels.diffusion import DiscreteDDPM, NetDenoiser, PARAMETERIZATIONS, sigma_grid
 from genmodels.diffusion.sigmas import karras_sigmas
-from genmodels.samplers import (SAMPLERS, ddim_invert, round_trip_error, sample_ddim, sample_dpmpp_2m,
+from genmodels.samplers import (SAMPLERS, ddim_invert, round_trip_error, sample_dpmpp_2m,
                                 sample_dpmpp_2m_sde, sample_euler, sample_euler_ancestral, sample_heun,
                                 sample_rk45, sample_unipc)
 from test_samplers import TinyEpsNet, exact_ode_solution, gaussian_denoiser

@@ -121,7 +121,7 @@ def test_reflow_straightens_the_flow_and_improves_few_step_samples(tmp_path):
     """1-RF on 8 gaussians, then 2-RF trained on its ODE pairs (from its weights): trajectories
     get straighter and 2-step Euler samples get closer to the data."""
     from genmodels.metrics.toy import wasserstein
-    from genmodels.reflow import reflow, trajectories
+    from genmodels.reflow import reflow
 
     dist = TOY_DISTRIBUTIONS["8gaussians"]
     train(load_config("toy-flow", ["train.images=300000", "train.device=cpu"]), tmp_path / "rf1")

@@ -204,12 +204,18 @@ def test_a_missing_compiler_is_named(monkeypatch, tmp_path):
 
 
 def test_second_derivatives_are_refused_not_wrong():
+    # torch's once_differentiable would let grad(..., inputs=[weight]) prune its guard and return a
+    # second derivative missing every term through the kernel; create_graph must fail at once
     norm = _norm(16, 4)
     x, _, _ = _inputs(2, 16, 6, 6, torch.float32, film=False)
     x.requires_grad_()
-    (g,) = torch.autograd.grad(fused.group_norm_act(x, norm).sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
-        g.sum().backward()
+    with pytest.raises(RuntimeError, match="no second derivative.*_GroupNormAct.*GENMODELS_FUSED_KERNELS=0"):
+        torch.autograd.grad(fused.group_norm_act(x, norm).square().sum(), x, create_graph=True)
+    conv = _conv(16, 1, torch.float32)
+    with pytest.raises(RuntimeError, match="no second derivative.*_OutputConv"):
+        torch.autograd.grad(fused.output_conv(x, conv).square().sum(), x, create_graph=True)
+    (g,) = torch.autograd.grad(fused.group_norm_act(x, norm).square().sum(), x)  # first order is fine
+    assert g.abs().sum() > 0
 
 
 def _conv(cin, cout, dtype, bias=True, seed=0):

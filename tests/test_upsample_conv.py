@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from genmodels.nn import layers
+from genmodels.nn import fused, layers
 from genmodels.nn.unet import UNet
+from genmodels.nn import upsample_conv
 from genmodels.nn.upsample_conv import PHASES, collapsed_kernels, nearest_up_conv3x3, reference
 
 CL = torch.channels_last
@@ -109,3 +110,32 @@ def test_unet_equals_textbook_upsampling():
     torch.testing.assert_close(ours[1], textbook[1], rtol=1e-4, atol=1e-5)
     for name in ours[2]:
         torch.testing.assert_close(ours[2][name], textbook[2][name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_interleave_kernel_equals_the_pytorch_copies(dtype, monkeypatch):
+    if fused.load() is None:
+        pytest.skip(f"no C++ kernels here: {fused.status()}")
+    calls = []
+    apply = upsample_conv._InterleaveKernel.apply
+    monkeypatch.setattr(upsample_conv._InterleaveKernel, "apply", lambda *a: calls.append(1) or apply(*a))
+    x, weight, b = (t.detach().to(dtype).requires_grad_() for t in _case(3, 6, 5, 4, 7, fmt=CL))
+    upstream = torch.randn(3, 5, 8, 14, dtype=dtype)
+    results = []
+    for kernels in ("1", "0"):
+        monkeypatch.setenv(fused.ENV, kernels)
+        out = nearest_up_conv3x3(x, weight, b)
+        results.append([out, *torch.autograd.grad(out, (x, weight, b), upstream)])
+    assert len(calls) == 1
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)  # the same copies: bit-identical
+
+
+def test_second_derivatives_through_the_kernel_are_refused_not_wrong():
+    if fused.load() is None:
+        pytest.skip(f"no C++ kernels here: {fused.status()}")
+    x, weight, b = (t.detach().float().requires_grad_() for t in _case(3, 6, 5, 4, 7, fmt=CL))
+    out = nearest_up_conv3x3(x, weight, b)
+    assert out.grad_fn.name() == "_InterleaveKernelBackward"
+    with pytest.raises(RuntimeError, match="no second derivative.*GENMODELS_FUSED_KERNELS=0"):
+        torch.autograd.grad(out.square().sum(), x, create_graph=True)

@@ -19,11 +19,12 @@ the machine's peak, this kernel at the speed of reading x.
 ``GENMODELS_FUSED_KERNELS``: ``auto`` (default: build, or warn once and fall back), ``0`` (never use
 the kernel), ``1`` (the kernel is required: a failed build is an error).
 
-The kernels' backward is not itself differentiable: a second derivative through it raises PyTorch's
-"once_differentiable" error; set ``GENMODELS_FUSED_KERNELS=0`` for such uses.
+The kernels' backward is not itself differentiable: a backward pass with ``create_graph=True``
+through them raises at once (``first_order_only``); set ``GENMODELS_FUSED_KERNELS=0`` for such uses.
 """
 
 import contextlib
+import functools
 import hashlib
 import os
 import platform
@@ -37,13 +38,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from genmodels.errors import ConfigError
 from genmodels.paths import cache_dir
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = [CSRC / name for name in ("module.cpp", "group_norm_act.cpp", "output_conv.cpp")]
+SOURCES = [CSRC / name for name in ("module.cpp", "group_norm_act.cpp", "output_conv.cpp", "phase_interleave.cpp")]
 HEADERS = [CSRC / "common.h"]
 OUTPUT_CONV_MAX_CHANNELS = 8
 CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
@@ -167,6 +167,21 @@ def reference(x: Tensor, norm: nn.GroupNorm, scale: Tensor | None = None, shift:
     return F.silu(h) if silu else h
 
 
+def first_order_only(backward):
+    """Marks a kernel's backward (computed without a graph) so that ``create_graph=True`` raises at
+    once. Not torch's ``once_differentiable``: its guard sits on a detached branch that
+    ``torch.autograd.grad(..., inputs=[some parameters])`` can prune, and the second derivative then
+    silently misses every term through the kernel."""
+    @functools.wraps(backward)
+    def guarded(ctx, *grads):
+        if torch.is_grad_enabled():  # the engine enables grad mode in backward only for create_graph
+            raise RuntimeError(f"genmodels' fused CPU kernels have no second derivative (a backward pass with "
+                               f"create_graph=True went through {type(ctx).__name__.removesuffix('Backward')}); "
+                               f"set {ENV}=0 to run the PyTorch ops instead")
+        return backward(ctx, *grads)
+    return guarded
+
+
 def output_conv(x: Tensor, conv: nn.Conv2d) -> Tensor:
     """``conv(x)``; by the kernel for a 3x3, stride-1, zero-padding-1 conv to at most 8 channels."""
     if (conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1)
@@ -185,7 +200,7 @@ class _OutputConv(torch.autograd.Function):
         return _module.output_conv_forward(x, weight, bias)
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         grads = _module.output_conv_backward(grad, x, weight, ctx.has_bias)
@@ -201,7 +216,7 @@ class _GroupNormAct(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @first_order_only
     def backward(ctx, grad):
         x, mean, rstd, weight, bias, scale, shift = ctx.saved_tensors
         dx, sum_dy, sum_dy_xhat = _module.backward(grad, x, mean, rstd, ctx.groups, weight, bias,

@@ -13,7 +13,8 @@ k[+1])`` and output ``2i + a``:
 
 One convolution with the four collapsed kernels stacked as ``4 * out_channels`` outputs, padding 1,
 gives every phase on an ``(H+1) x (W+1)`` grid; phase ``(a, b)`` is its window starting at
-``(a, b)``. ``_Interleave`` writes the four windows into the ``2H x 2W`` output. Per output pixel
+``(a, b)``. ``_Interleave`` writes the four windows into the ``2H x 2W`` output (a C++ kernel
+on CPU channels_last tensors, see ``genmodels.nn.fused``). Per output pixel
 that is 4 taps instead of 9, on a grid of ``(H+1)(W+1)`` instead of ``4HW`` positions.
 
 The weights are still the 3x3 ``nn.Conv2d`` ones (state dicts unchanged); gradients flow to them
@@ -24,6 +25,8 @@ network's nominal FLOPs (benchmarks/train_throughput.py).
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from genmodels.nn import fused
 
 PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))  # (row parity, column parity); index = 2 * a + b
 
@@ -50,6 +53,8 @@ def nearest_up_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor
         raise ValueError(f"nearest_up_conv3x3 needs x [B, {weight.shape[1]}, H, W] and a 3x3 weight, "
                          f"got x {list(x.shape)} and weight {list(weight.shape)}")
     phases = F.conv2d(x, collapsed_kernels(weight), None if bias is None else bias.repeat(4), padding=1)
+    if fused.applies(phases):  # the C++ copy (channels_last on a CPU), else four strided PyTorch copies
+        return _InterleaveKernel.apply(phases)
     return _Interleave.apply(phases)
 
 
@@ -91,3 +96,17 @@ class _Interleave(torch.autograd.Function):
             block[:, :, H * (1 - a)] = 0
             block[:, :, :, W * (1 - b)] = 0
         return out
+
+
+class _InterleaveKernel(torch.autograd.Function):
+    """``_Interleave`` by the C++ kernel (``csrc/phase_interleave.cpp``); its backward is not itself
+    differentiable, like the other fused kernels'."""
+
+    @staticmethod
+    def forward(ctx, phases: Tensor) -> Tensor:
+        return fused.load().interleave_forward(phases)
+
+    @staticmethod
+    @fused.first_order_only
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return fused.load().interleave_backward(grad)

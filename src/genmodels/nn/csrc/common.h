@@ -39,3 +39,7 @@ std::vector<at::Tensor> gn_backward(const at::Tensor& dout, const at::Tensor& x,
 at::Tensor output_conv_forward(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias);
 std::vector<at::Tensor> output_conv_backward(const at::Tensor& dout, const at::Tensor& x, const at::Tensor& weight,
                                              bool bias);
+
+// phase_interleave.cpp
+at::Tensor interleave_forward(const at::Tensor& phases);
+at::Tensor interleave_backward(const at::Tensor& dy);
