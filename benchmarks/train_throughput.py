@@ -98,16 +98,10 @@ def peer(device: str):
     return step, model
 
 
-def ours_unfused(device: str):
-    """``ours`` without our C++ kernels: GroupNorm, modulation and SiLU as separate PyTorch ops and
-    the output conv by oneDNN (GENMODELS_FUSED_KERNELS=0)."""
-    step, model = ours(device)
-
-    def unfused_step():
-        with mock.patch.dict(os.environ, {fused.ENV: "0"}):
-            step()
-
-    return unfused_step, model
+def kernels_off():
+    """Our C++ kernels off: GroupNorm, modulation and SiLU as separate PyTorch ops, the output conv
+    and the upsampling's interleave by PyTorch (GENMODELS_FUSED_KERNELS=0)."""
+    return mock.patch.dict(os.environ, {fused.ENV: "0"})
 
 
 def textbook_upsample():
@@ -115,18 +109,22 @@ def textbook_upsample():
     return mock.patch.object(layers, "nearest_up_conv3x3", upsample_conv.reference)
 
 
-def ours_textbook_upsample(device: str):
-    """``ours`` with the upsampling convolutions run at the fine resolution (see ``textbook_upsample``)."""
-    step, model = ours(device)
+def ours_under(context):
+    """A builder of ``ours`` whose every step runs inside ``context()`` (an ablation row)."""
+    def build(device: str):
+        step, model = ours(device)
 
-    def textbook_step():
-        with textbook_upsample():
-            step()
+        def ablated_step():
+            with context():
+                step()
 
-    return textbook_step, model
+        return ablated_step, model
+
+    return build
 
 
-BUILDERS = {"ours": ours, "peer": peer, "unfused": ours_unfused, "textbook_upsample": ours_textbook_upsample}
+BUILDERS = {"ours": ours, "peer": peer, "unfused": ours_under(kernels_off),
+            "textbook_upsample": ours_under(textbook_upsample)}
 
 
 def sync(device: str) -> None:
@@ -147,7 +145,7 @@ def train_flops_per_image(step, *, nominal: bool = True) -> float:
     """Matmul/conv/attention FLOPs of one whole training step, per image: with ``nominal``, those of
     the textbook network (upsampling convs at the fine resolution), else those executed. Counted with
     our C++ kernels off, because the counter does not see inside them (the output conv's FLOPs)."""
-    with (FlopCounterMode(display=False) as counter, mock.patch.dict(os.environ, {fused.ENV: "0"}),
+    with (FlopCounterMode(display=False) as counter, kernels_off(),
           textbook_upsample() if nominal else contextlib.nullcontext()):
         step()
     return counter.get_total_flops() / BATCH
@@ -280,7 +278,7 @@ def main():
     print("|---|---:|---:|---:|---:|---:|---:|")
     labels = {"ours": "genmodels UNet (mnist-ddpm), genmodels trainer",
               "peer": "diffusers UNet2DModel (16,56,64), diffusers training loop",
-              "unfused": "genmodels, GroupNorm+SiLU and output conv as PyTorch ops (GENMODELS_FUSED_KERNELS=0)",
+              "unfused": "genmodels, C++ kernels off: PyTorch ops (GENMODELS_FUSED_KERNELS=0)",
               "textbook_upsample": "genmodels, upsample then 3x3 conv at the fine resolution"}
     for name in models:
         achieved = flops[name] * img_s[name] / 1e9
@@ -288,7 +286,7 @@ def main():
         print(f"| {labels[name]} | {params[name] / 1e6:.3f} M | {flops[name] / 1e9:.3f} ({executed[name] / 1e9:.3f}) "
               f"| {img_s[name]:.0f} | {achieved:.0f} ({executed[name] * img_s[name] / 1e9:.0f}) "
               f"| {100 * achieved / gemm:.0f} % | {peak} |")
-    print(f"\nfused CPU kernels (GroupNorm+SiLU, output conv): {result['fused_kernel']}")
+    print(f"\nC++ kernels (GroupNorm+SiLU, output conv, upsampling interleave): {result['fused_kernel']}")
     print(f"ratio ours / peer (img/s, median of per-round ratios): {ratio:.2f}x")
     if args.unfused:
         print(f"ratio ours / ours without the C++ kernels: {result['fused_speedup']:.2f}x")

@@ -1,5 +1,6 @@
-"""CPU kernels for the denoisers' hot spots: GroupNorm + scale-shift + SiLU as one pass, and the
-output layer's 3x3 convolution to a few channels (forward and backward each).
+"""CPU kernels for the denoisers' hot spots: GroupNorm + scale-shift + SiLU as one pass, the
+output layer's 3x3 convolution to a few channels, and the interleaving copy of
+``genmodels.nn.upsample_conv`` (forward and backward each), built into one extension.
 
 ``group_norm_act(x, norm, scale=None, shift=None, silu=True)`` computes
 
@@ -14,10 +15,11 @@ On the demo UNet the kernel makes a training step ~10 % faster (docs/BENCHMARKS.
 
 ``output_conv(x, conv)`` is ``conv(x)`` for a 3x3, stride-1, padding-1 ``nn.Conv2d`` with at most 8
 output channels (``csrc/output_conv.cpp``, same conditions): oneDNN runs that shape at a few percent of
-the machine's peak, this kernel at the speed of reading x.
+the machine's peak, this kernel at the speed of reading x. ``interleave_forward/backward`` serve
+``upsample_conv`` under the same conditions (``applies``).
 
 ``GENMODELS_FUSED_KERNELS``: ``auto`` (default: build, or warn once and fall back), ``0`` (never use
-the kernel), ``1`` (the kernel is required: a failed build is an error).
+the kernels), ``1`` (the kernels are required: a failed build is an error).
 
 The kernels' backward is not itself differentiable: a backward pass with ``create_graph=True``
 through them raises at once (``first_order_only``); set ``GENMODELS_FUSED_KERNELS=0`` for such uses.
@@ -131,7 +133,7 @@ def _build():
 
 
 def status() -> str:
-    """One line for logs and benchmark tables: whether the kernel is in use and why not."""
+    """One line for logs and benchmark tables: whether the kernels are in use and why not."""
     if mode() == "0":
         return f"off ({ENV}=0)"
     if load() is not None:
@@ -140,7 +142,8 @@ def status() -> str:
 
 
 def applies(x: Tensor) -> bool:
-    """Whether ``group_norm_act`` would run the kernel on ``x`` (the other inputs follow x)."""
+    """Whether the kernels run on ``x`` (a CPU float32/float64 channels_last tensor, kernels built and
+    not switched off, no autocast); the other inputs of a kernel follow x."""
     return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.ndim == 4
             and x.is_contiguous(memory_format=torch.channels_last) and mode() != "0"
             and not torch.is_autocast_enabled("cpu") and load() is not None)

@@ -15,6 +15,7 @@
 // gradients of gamma, beta, scale and shift.
 #include "common.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>

@@ -8,16 +8,13 @@
 // Layout: x [N, H, W, C] (channels_last), weight as [O, 3, 3, C] (the Python side permutes the
 // nn.Conv2d weight [O, C, 3, 3]), out and its gradient [N, H, W, O].
 //   out[n, h, w, o] = bias[o] + sum_{dy, dx, c} x[n, h + dy, w + dx, c] * weight[o, dy + 1, dx + 1, c]
-// Explicit vectors over the contiguous channels: GCC left the plain loops scalar (a float reduction
-// does not vectorize without -ffast-math, which this code does not use).
 #include "common.h"
 
-#include <algorithm>
+constexpr int kMaxOut = 8;  // genmodels.nn.fused.OUTPUT_CONV_MAX_CHANNELS
 
-constexpr int kMaxOut = 8;
-
-// 64-byte vectors (GCC/Clang vector extensions): GCC does not vectorize these
-// tap-and-channel loops by itself (it unrolls the taps and goes scalar).
+// 64-byte vectors (GCC/Clang vector extensions) over the contiguous channels: GCC left the plain
+// tap-and-channel loops scalar (it unrolls the taps; a float reduction does not vectorize without
+// -ffast-math, which this code does not use).
 template <typename T> struct Vec {
   typedef T type __attribute__((vector_size(64)));
   static constexpr int64_t lanes = 64 / sizeof(T);
@@ -117,9 +114,9 @@ static void check_inputs(const at::Tensor& x, const at::Tensor& weight) {
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast),
               "output_conv kernel: x must be a 4-D CPU tensor in channels_last layout, got ", x.sizes());
   TORCH_CHECK(weight.dim() == 4 && weight.size(1) == 3 && weight.size(2) == 3 && weight.size(3) == x.size(1) &&
-                  weight.size(0) >= 1 && weight.size(0) <= 8 && weight.is_contiguous() &&
+                  weight.size(0) >= 1 && weight.size(0) <= kMaxOut && weight.is_contiguous() &&
                   weight.scalar_type() == x.scalar_type(),
-              "output_conv kernel: weight must be contiguous [O <= 8, 3, 3, ", x.size(1), "] of x's dtype, got ",
+              "output_conv kernel: weight must be contiguous [O <= ", kMaxOut, ", 3, 3, ", x.size(1), "] of x's dtype, got ",
               weight.sizes());
 }
 
