@@ -1,18 +1,18 @@
 """genmodels: train, sample and evaluate generative image models from scratch."""
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 
 def load(run_dir, **kwargs):
-    """Rebuild a trained run: ``genmodels.load("runs/demo").sample(64, seed=0)``."""
-    from .pipeline import load as _load
+    """Rebuild a trained run of any family: ``genmodels.load("runs/demo").sample(64, seed=0)``."""
+    from .families import load as _load
 
     return _load(run_dir, **kwargs)
 
 
 def load_classifier(run_dir, **kwargs):
     """A noise-aware classifier run for classifier guidance: ``pipe.sample(..., classifier=c)``."""
-    from .pipeline import load_classifier as _load_classifier
+    from .families import load_classifier as _load_classifier
 
     return _load_classifier(run_dir, **kwargs)
 
@@ -20,7 +20,7 @@ def load_classifier(run_dir, **kwargs):
 def evaluate(run_dir, **kwargs):
     """Score a run by the evaluation protocol (docs/EVALUATION.md):
     ``genmodels.evaluate("runs/mnist", metrics=["fd_cnn", "kid"], n=1000, seeds=[0, 1]).mean``."""
-    from .metrics.protocol import evaluate_run
+    from .evaluation import evaluate_run
 
     return evaluate_run(run_dir, **kwargs)
 

@@ -65,20 +65,29 @@ def fill_option(options: dict, key: str, value, *, source: str, where: str = "mo
                           f"or change {source} to match")
 
 
+def cond_dropout(cfg) -> dict:
+    """The diffusion section's per-key classifier-free-guidance dropout rates, with
+    ``label_dropout`` as the rate of ``y``."""
+    rates = dict(cfg.diffusion.cond_dropout)
+    if cfg.diffusion.label_dropout:
+        if "y" in rates:
+            raise ConfigError("diffusion.label_dropout and diffusion.cond_dropout.y both set the label's rate; keep one")
+        rates["y"] = cfg.diffusion.label_dropout
+    return rates
+
+
 def diffusion_parts(cfg, options: dict):
-    """(path, param, objective) of a diffusion run, its config checked."""
+    """(path, param, objective) of a diffusion run, its config checked. The objective's ``null``
+    is bound to the network by the family (it does not exist yet here)."""
     path = build_path(cfg.diffusion)
     param = get_parameterization(cfg.diffusion.prediction, sigma_data=cfg.diffusion.sigma_data)
-    label_dropout = cfg.diffusion.label_dropout
-    if label_dropout and options.get("num_classes") is None:
+    rates = cond_dropout(cfg)
+    if rates.get("y") and options.get("num_classes") is None:
         raise ConfigError("diffusion.label_dropout needs a class-conditional net: set model.num_classes=auto")
-    if not 0 <= label_dropout < 1:
-        raise ConfigError(f"diffusion.label_dropout must lie in [0, 1), got {label_dropout}")
     if param.name == "velocity" and cfg.diffusion.path != "rectified_flow":
         raise ConfigError("diffusion.prediction=velocity is the straight path's; use "
                           "diffusion.path=rectified_flow (or prediction eps | x0 | v)")
-    objective = DiffusionObjective(path, param, cfg.diffusion.min_snr_gamma, label_dropout,
-                                   options.get("num_classes"), cfg.diffusion.coupling)
+    objective = DiffusionObjective(path, param, cfg.diffusion.min_snr_gamma, rates, None, cfg.diffusion.coupling)
     return path, param, objective
 
 

@@ -19,11 +19,16 @@ Examples:
 
 RUN_DIR: samples n images per seed with the run's EMA weights and compares them with the
 dataset's reference split in the dataset CNN's features; prints mean +- std over seeds and
-appends the result to the run's metrics.jsonl. Metrics for images: fd_cnn, kid, prdc, cs
-(classifier score), cacc (conditional accuracy), nll (bits/dim of held-out data; VAE runs: the
-IWAE bound, also in nats per image, and active units); for 2-D toy
-runs: w1, w2, mmd, modes, loglik, nll.
+appends the result to the run's metrics.jsonl.
 """
+
+
+def _metrics_help(formatter) -> None:
+    """The metric registry as a help section: name (data kinds), what it measures."""
+    from .metrics.registry import METRICS
+
+    with formatter.section("Metrics (the registry genmodels.metrics.METRICS)"):
+        formatter.write_dl([(f"{m.name} ({', '.join(m.kinds)})", m.help) for m in METRICS.values()])
 
 
 class _DefaultToRun(click.Group):
@@ -33,6 +38,9 @@ class _DefaultToRun(click.Group):
         if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
             args = ["run", *args]
         return super().parse_args(ctx, args)
+
+    def format_epilog(self, ctx, formatter):
+        _metrics_help(formatter)
 
 
 @click.group("eval", cls=_DefaultToRun, help=EVAL_HELP, invoke_without_command=False)
@@ -54,7 +62,8 @@ def _seeds(text: str) -> list[int]:
                               "or --real/--fake image sets (folders of PNGs, or .npz of uint8 [N,H,W,C]).")
 @click.argument("run_dir", required=False, type=click.Path(path_type=Path))
 @click.option("--metrics", "metrics", default=None,
-              help="Comma-separated; default fd_cnn,kid,prdc,cs (+cacc if conditional); toy: w1,w2,mmd,modes,loglik.")
+              help="Comma-separated names of the metric registry (genmodels eval --help lists them); default "
+                   "fd_cnn,kid,prdc,cs (+cacc if conditional); toy: w1,w2,mmd,modes,loglik.")
 @click.option("--n", default=5000, show_default=True, help="Samples per seed.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Sample i of seed s uses seed s*1e6 + i.")
 @click.option("--real", type=click.Path(path_type=Path), default=None, help="Real images: folder or .npz.")
@@ -68,8 +77,9 @@ def _seeds(text: str) -> list[int]:
 @click.option("--nll-n", default=64, show_default=True, help="Held-out images for nll.")
 @click.option("--nll-steps", default=None, type=int,
               help="DDPM bound from this many of its T steps (unbiased estimate); default all.")
-@click.option("--nll-method", type=click.Choice(["auto", "vlb", "ode"]), default="auto", show_default=True,
-              help="auto: the DDPM bound for discrete DDPM runs, the PF-ODE otherwise.")
+@click.option("--nll-method", type=click.Choice(["auto", "vlb", "ode"]), default=None,
+              help="Diffusion runs: auto (the default: the DDPM bound for discrete DDPM runs, the PF-ODE "
+                   "otherwise), vlb or ode.")
 @click.option("--nll-k", default=None, type=int,
               help="VAE runs: importance samples of the IWAE bound (default 1000).")
 @click.option("--batch-size", default=64, show_default=True)
@@ -86,7 +96,8 @@ def run(run_dir, metrics, n, seeds, real, fake, features, sampler, steps, eta, w
         return _compare(real, fake, features, metrics, as_json)
     if run_dir is None:
         raise ConfigError("give a RUN_DIR, or --real DIR_OR_NPZ --fake DIR_OR_NPZ")
-    from .metrics.protocol import evaluate_run, format_table
+    from .evaluation import evaluate_run
+    from .metrics.protocol import format_table
 
     result = evaluate_run(run_dir, metrics=metrics, n=n, seeds=_seeds(seeds), sampler=sampler,
                           steps=steps, eta=eta, features=features, weights=weights, nll_n=nll_n,

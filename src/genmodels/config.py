@@ -4,13 +4,23 @@ Every field is validated eagerly, and a bad field is reported by its dotted name
 values, so a typo fails before any data is loaded:
 
     >>> load_config("configs/mnist-ddpm.yaml", ["train.lr=1e-3", "model.base_channels=48"])
+
+The core sections (family, data, model, train, sample) live here; every other section belongs to
+the code that reads it and is registered with ``register_section`` (the diffusion, vae and gan
+sections by their families). A section is a dataclass; its class attributes ``CHOICES``
+(field -> callable giving the allowed values, usually a registry's keys), ``POSITIVE`` (fields
+that must be > 0) and an optional ``validate(self)`` method check it. ``CHOICES`` here is built
+from those and from ``register_choices`` (the family names come from the family registry).
 """
 
 import dataclasses
+import importlib
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -28,61 +38,13 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """``network`` picks the class in genmodels.nn; every other key is passed to it."""
+    """``network`` picks the class in genmodels.nn; every other key is passed to it, except
+    ``base``: a run directory whose frozen modules this model builds on (ControlNet, LoRA), recorded
+    with its weights' sha256 in config.json (a composed run)."""
 
     network: str = "unet"
+    base: str | None = None
     options: dict = field(default_factory=dict)
-
-
-@dataclass
-class DiffusionConfig:
-    path: str = "ddpm"  # ddpm (discrete, T steps) | vp, ve (continuous SDEs) | rectified_flow (x_t = (1-t) x0 + t noise)
-    schedule: str = "linear"  # ddpm beta schedule: linear | cosine
-    timesteps: int = 1000
-    beta_start: float = 1e-4  # linear ddpm schedule
-    beta_end: float = 0.02
-    beta_min: float = 0.1  # continuous vp path
-    beta_max: float = 20.0
-    sigma_min: float = 0.01  # ve path: sigma(t) = sigma_min (sigma_max / sigma_min)^t
-    sigma_max: float = 50.0  # ve path: about the largest distance between data points
-    prediction: str = "eps"  # what the network predicts: eps | x0 | v | score | edm | velocity (rectified flow)
-    sigma_data: float = 0.5  # edm preconditioning: the data's standard deviation
-    # training times: uniform | logit_normal, max (rectified flow) | log_normal (vp, ve: EDM's sigma density)
-    t_sampling: str = "uniform"
-    p_mean: float = -1.2  # log_normal: ln sigma ~ N(p_mean, p_std^2)
-    p_std: float = 1.2
-    coupling: str = "independent"  # noise-data pairing per batch: independent | ot (exact) | sinkhorn
-    min_snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (Hang et al. 2023); None = plain MSE
-    label_dropout: float = 0.0  # class-conditional nets: P(label -> null class), for classifier-free guidance
-
-
-@dataclass
-class VAEConfig:
-    """The VAE family's objective (genmodels.objectives.vae); the nets are model.network
-    vae_mlp | vae_conv with latent_dim, hidden, ..."""
-
-    likelihood: str = "bernoulli"  # bernoulli (binarized pixels) | gaussian (dequantized density) | logistic | discretized_gaussian (8-bit bins)
-    binarize: str = "stochastic"  # bernoulli: stochastic (fresh draw per batch, fixed draw for eval) | threshold (> 1/2)
-    beta: float = 1.0  # weight of the KL term (beta-VAE); 1 = the ELBO
-    kl_warmup_images: int = 0  # KL weight ramps linearly 0 -> beta over this many training images
-    free_bits: float = 0.0  # nats per latent unit the KL term never asks below (0 = off)
-
-
-@dataclass
-class GANConfig:
-    """The GAN family's losses and regularisers (genmodels.objectives.gan) and its discriminator."""
-
-    loss: str = "non_saturating"  # minimax (saturating) | non_saturating | lsgan | wgan | hinge
-    z_dim: int = 64
-    n_critic: int = 1  # discriminator steps per generator step (WGAN-GP: 5)
-    gp_weight: float = 0.0  # WGAN-GP's lambda (Gulrajani et al.: 10)
-    r1_gamma: float = 0.0  # R1 penalty gamma / 2 * |grad D(real)|^2 (Mescheder et al. 2018)
-    diffaugment: str = ""  # comma-separated DiffAugment policy: color,translation,cutout
-    style_mixing: float = 0.0  # StyleGAN: probability of a style-mixed batch (0.9 in the paper)
-    l1_weight: float = 0.0  # Pix2Pix: weight of |G(cond) - x|_1 (100 in the paper)
-    d_lr_scale: float = 1.0  # the discriminator's learning rate is train.lr times this (TTUR)
-    grow_images: int | None = None  # progressive growing: images per fade-in and per stable stage
-    discriminator: dict = field(default_factory=lambda: {"network": "dcgan"})  # network + its options
 
 
 @dataclass
@@ -121,41 +83,96 @@ class SampleConfig:
     n: int = 64
 
 
+SECTIONS: dict[str, type] = {}  # section name -> dataclass, filled by register_section
+# Modules that register the built-in sections, families and choices; imported on first use, so
+# this module stays below them (they import it, it never imports them).
+PLUGINS = ["genmodels.families"]
+
+
+def register_section(name: str, cls: type) -> type:
+    """Make ``name`` a config section built from dataclass ``cls`` (its defaults when absent)."""
+    if name in ("family", "data", "model", "train", "sample", "sections"):
+        raise ValueError(f"'{name}' is a core config section")
+    SECTIONS[name] = cls
+    return cls
+
+
+def _load_plugins() -> None:
+    for module in PLUGINS:
+        importlib.import_module(module)
+
+
 @dataclass
 class Config:
+    """A run's configuration: the core sections, and ``sections`` (one instance per registered
+    section, reachable as attributes: ``cfg.diffusion``)."""
+
     family: str = "diffusion"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    vae: VAEConfig = field(default_factory=VAEConfig)
-    gan: GANConfig = field(default_factory=GANConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    sections: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        _load_plugins()
+        for name, cls in SECTIONS.items():
+            self.sections.setdefault(name, cls())
+
+    def __getattr__(self, name):  # only reached when normal lookup fails: the registered sections
+        sections = self.__dict__.get("sections", {})
+        if name in sections:
+            return sections[name]
+        raise AttributeError(f"config has no section '{name}'; sections: {', '.join(sections)}")
 
 
-# Closed sets of values, checked when a config is built. Names of samplers and networks are
-# checked by their own registries, which know the full list.
-CHOICES = {
-    "family": ("diffusion", "classifier", "vae", "gan"),
-    "diffusion.path": ("ddpm", "vp", "ve", "rectified_flow"),
-    "diffusion.t_sampling": ("uniform", "logit_normal", "max", "log_normal"),
-    "diffusion.coupling": ("independent", "ot", "sinkhorn"),
-    "diffusion.schedule": ("linear", "cosine"),
-    "diffusion.prediction": ("eps", "x0", "v", "score", "edm", "velocity"),
-    "vae.likelihood": ("bernoulli", "gaussian", "logistic", "discretized_gaussian"),
-    "vae.binarize": ("stochastic", "threshold"),
-    "gan.loss": ("minimax", "non_saturating", "lsgan", "wgan", "hinge"),
-    "train.device": ("auto", "cpu", "cuda"),
-    "train.precision": ("auto", "fp32", "bf16"),
+CORE_CHOICES = {
+    "train.device": lambda: ("auto", "cpu", "cuda"),
+    "train.precision": lambda: ("auto", "fp32", "bf16"),
 }
-POSITIVE = {
-    "diffusion.timesteps", "diffusion.sigma_min", "diffusion.sigma_max", "diffusion.sigma_data",
-    "diffusion.p_std", "train.batch_size", "train.grad_accum", "train.lr", "train.images",
-    "train.log_every_images", "train.sample_every_images", "train.checkpoint_every_images",
-    "train.eval_every_images", "train.eval_n",
-    "sample.steps", "sample.n", "data.n_points", "gan.z_dim", "gan.n_critic", "gan.grow_images",
-    "gan.d_lr_scale",
+_CHOICE_PROVIDERS: dict[str, Callable[[], tuple]] = {}
+CORE_POSITIVE = {
+    "train.batch_size", "train.grad_accum", "train.lr", "train.images", "train.log_every_images",
+    "train.sample_every_images", "train.checkpoint_every_images", "train.eval_every_images", "train.eval_n",
+    "sample.steps", "sample.n", "data.n_points",
 }
+
+
+class _Choices(Mapping):
+    """``CHOICES["family"]``: a read-only view of ``choices()``, computed when read, so a family,
+    path or loss registered later is included."""
+
+    def __getitem__(self, key):
+        return choices()[key]
+
+    def __iter__(self):
+        return iter(choices())
+
+    def __len__(self):
+        return len(choices())
+
+
+def register_choices(key: str, provider: Callable[[], tuple]) -> None:
+    """The allowed values of dotted field ``key`` come from ``provider()`` (e.g. a registry's keys)."""
+    _CHOICE_PROVIDERS[key] = provider
+
+
+def choices() -> dict[str, tuple]:
+    """Every closed set of values a config is checked against, by dotted field name: the core
+    ones, those registered, and each section's ``CHOICES``."""
+    _load_plugins()
+    out = {k: tuple(f()) for k, f in {**CORE_CHOICES, **_CHOICE_PROVIDERS}.items()}
+    for name, cls in SECTIONS.items():
+        out.update({f"{name}.{k}": tuple(f()) for k, f in getattr(cls, "CHOICES", {}).items()})
+    return out
+
+
+def positive_fields() -> set[str]:
+    _load_plugins()
+    return CORE_POSITIVE | {f"{name}.{k}" for name, cls in SECTIONS.items() for k in getattr(cls, "POSITIVE", ())}
+
+
+CHOICES = _Choices()
 
 
 def _coerce(value, annotation, key):
@@ -207,31 +224,38 @@ def _build(cls, values: dict, prefix: str):
     if not isinstance(values, dict):
         raise ConfigError(f"config section '{prefix.rstrip('.')}' must be a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    if cls is ModelConfig:  # every key but 'network' is an option of the network class
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "sections"]
+    if cls is ModelConfig:  # every key but 'network' and 'base' is an option of the network class
         values = dict(values)
         return ModelConfig(network=_coerce(values.pop("network", "unet"), str, prefix + "network"),
-                           options=values)
-    kwargs = {}
+                           base=_coerce(values.pop("base", None), str | None, prefix + "base"), options=values)
+    sections = SECTIONS if cls is Config else {}
+    kwargs, built = {}, {}
     for key, value in values.items():
         dotted = prefix + key
+        if key in sections:
+            built[key] = _build(sections[key], value or {}, dotted + ".")
+            continue
         if key not in names:
+            allowed = names + list(sections)
             raise ConfigError(f"unknown config key '{dotted}'; allowed keys in "
-                              f"'{prefix.rstrip('.') or 'the top level'}': {', '.join(names)}")
+                              f"'{prefix.rstrip('.') or 'the top level'}': {', '.join(allowed)}")
         if dataclasses.is_dataclass(hints[key]):
             kwargs[key] = _build(hints[key], value or {}, dotted + ".")
         else:
             kwargs[key] = _coerce(value, hints[key], dotted)
+    if cls is Config:
+        kwargs["sections"] = built
     return cls(**kwargs)
 
 
 def validate(cfg: Config) -> Config:
     flat = to_dict(cfg)
-    for key, allowed in CHOICES.items():
+    for key, allowed in choices().items():
         value = _lookup(flat, key)
         if value not in allowed:
             raise ConfigError(f"config field '{key}' is {value!r}; allowed values: {', '.join(allowed)}")
-    for key in POSITIVE:
+    for key in positive_fields():
         value = _lookup(flat, key)
         if value is not None and value <= 0:
             raise ConfigError(f"config field '{key}' must be positive, got {value!r}")
@@ -239,11 +263,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"config field 'train.minutes' must be positive, got {cfg.train.minutes!r}")
     if cfg.data.channels not in (None, 1, 3):
         raise ConfigError(f"config field 'data.channels' is {cfg.data.channels!r}; allowed values: 1, 3")
-    for key in ("beta", "kl_warmup_images", "free_bits"):
-        if getattr(cfg.vae, key) < 0:
-            raise ConfigError(f"config field 'vae.{key}' must be >= 0, got {getattr(cfg.vae, key)!r}")
     if not 0.0 <= cfg.sample.eta <= 1.0:
         raise ConfigError(f"config field 'sample.eta' must lie in [0, 1], got {cfg.sample.eta!r}")
+    for section in cfg.sections.values():
+        if hasattr(section, "validate"):
+            section.validate()
     return cfg
 
 
@@ -255,10 +279,14 @@ def _lookup(flat: dict, dotted: str):
 
 
 def to_dict(cfg: Config) -> dict:
-    """Plain nested dict, with the model options flattened next to 'network' as in YAML."""
-    out = dataclasses.asdict(cfg)
-    model = out.pop("model")
-    out["model"] = {"network": model["network"], **model["options"]}
+    """Plain nested dict, with the model options flattened next to 'network' as in YAML, and the
+    registered sections between the model and train sections."""
+    model = dataclasses.asdict(cfg.model)
+    out = {"family": cfg.family, "data": dataclasses.asdict(cfg.data),
+           "model": {"network": model["network"], **({"base": model["base"]} if model["base"] else {}),
+                     **model["options"]}}
+    out.update({name: dataclasses.asdict(section) for name, section in cfg.sections.items()})
+    out.update(train=dataclasses.asdict(cfg.train), sample=dataclasses.asdict(cfg.sample))
     return out
 
 

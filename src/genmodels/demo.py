@@ -22,7 +22,7 @@ def free_run_dir(base: Path) -> Path:
 
 def make_report(run_dir, *, device="auto", sample_seconds=None) -> Path:
     """Sample the demo grid from the EMA weights, plot the loss, score the samples, write HTML."""
-    from . import load
+    from .families import load
     from .metrics.classifier import recognisability
 
     run_dir = Path(run_dir)

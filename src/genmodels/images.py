@@ -22,6 +22,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from .errors import DataError
+
 __all__ = ["to_uint8", "make_grid", "save_grid", "save_images", "save_npz", "scatter_plot",
            "load_image_set"]
 
@@ -166,8 +168,6 @@ def load_image_set(path: str | Path) -> Tensor:
     """Images from an .npz (uint8 [N, H, W, C] or [N, H, W], the first array or "arr_0") or a
     folder of images (all resized to the first image's size) -> float32 [N, C, H, W] in [-1, 1]."""
     from .data.folder import IMAGE_SUFFIXES, load_image_folder
-    from .errors import DataError
-
     path = Path(path).expanduser()
     if path.is_dir():
         first = next((p for p in sorted(path.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES), None)
@@ -196,8 +196,6 @@ def load_image_set(path: str | Path) -> Tensor:
 def load_image(path: str | Path, *, channels: int) -> Tensor:
     """One image file -> float32 [1, C, H, W] in [-1, 1], converted to ``channels`` (1: gray by
     ITU-R 601 luma, 3: RGB); never resized, so a wrong size stays visible to the caller."""
-    from .errors import DataError
-
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"image file '{path}' does not exist")
@@ -209,3 +207,22 @@ def load_image(path: str | Path, *, channels: int) -> Tensor:
     if pixels.ndim == 2:
         pixels = pixels[..., None]
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None].float().div(127.5).sub(1)
+
+
+def write_samples(x, out: str, *, nrow=None) -> str:
+    """Save samples by the form of ``out``: .png grid, .npz (uint8 NHWC) or a directory/."""
+    as_dir = out.endswith(("/", "\\"))  # a trailing slash, which Path() would drop
+    out = Path(out)
+    if as_dir or out.is_dir():
+        save_images(x, out)
+        return f"{len(x)} PNG files in {out}/"
+    if out.suffix == ".npz":
+        save_npz(x, out)
+        return f"{len(x)} samples in {out}"
+    if out.suffix == ".png":
+        if x.ndim == 2:
+            scatter_plot(x, out)
+        else:
+            save_grid(x, out, nrow=nrow, scale=2)
+        return f"grid of {len(x)} samples in {out}"
+    raise DataError(f"--out '{out}' must end in .png (grid), .npz (uint8 array) or / (one PNG each)")

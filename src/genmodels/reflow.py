@@ -35,17 +35,18 @@ def trajectories(pipe, n, *, steps, seed=0, batch_size=1000):
     for start in range(0, n, batch_size):
         seeds = range(seed + start, seed + min(n, start + batch_size))
         z = SeededNoise(seeds, pipe.data_shape, device=pipe.device)()
-        states = []
+        states = []  # (step, state after it, x0 estimate it used)
         x0 = sample_euler(pipe.denoiser, z * pipe.path.prior_std(sigmas[0]).item(), sigmas,
-                          callback=states.append)
+                          callback=lambda i, sigma, x, denoised: states.append((i, x, denoised)))
         total = torch.zeros(len(z), device=z.device)
         x_ve = z * pipe.path.prior_std(sigmas[0]).item()
-        for info in states:
-            t = pipe.path.from_sigma(info.sigma).item()
-            x_t = x_ve * pipe.path.alpha_from_sigma(info.sigma).item()
-            u = (x_t - info.denoised) / t
+        for i, x_next, denoised in states:
+            sigma = sigmas[i]  # the level the step's estimate was made at
+            t = pipe.path.from_sigma(sigma).item()
+            x_t = x_ve * pipe.path.alpha_from_sigma(sigma).item()
+            u = (x_t - denoised) / t
             total += (z - x0 - u).flatten(1).square().sum(1) / x0[0].numel()
-            x_ve = info.x
+            x_ve = x_next
         zs.append(z.cpu())
         xs.append(x0.cpu())
         straight.append((total / len(states)).cpu())
@@ -64,7 +65,7 @@ def reflow(run_dir, out, *, pairs=10_000, steps=100, images=None, distill=False,
            straightness_n=1000, straightness_steps=20, seed=0):
     """Train ``out`` as the next rectified flow on ``pairs`` ODE pairs of ``run_dir``'s model
     (or, with ``distill``, as a one-step generator on them) and report straightness."""
-    from . import load
+    from .families.loading import load
     from .train.run import check_run_dir, train
 
     pipe = load(run_dir, device="cpu")

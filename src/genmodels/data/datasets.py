@@ -23,7 +23,7 @@ import functools
 import gzip
 import importlib.resources
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +67,9 @@ class Dataset:
     """A whole dataset in memory.
 
     ``x``: images float32 [N, C, H, W] in [-1, 1] (kind "image") or points float32 [N, 2]
-    (kind "points"); ``y``: int64 [N] class labels or None; ``class_names``: () when unlabelled.
+    (kind "points"); ``y``: int64 [N] class labels or None; ``class_names``: () when unlabelled;
+    ``cond``: per-item conditioning beyond the label, by ``genmodels.cond`` key (e.g. ``image``:
+    the input image of an image-to-image pair). ``conditions()`` is what a batch's ``cond`` holds.
     """
 
     name: str
@@ -76,11 +78,18 @@ class Dataset:
     class_names: tuple[str, ...]
     kind: str
     noise: Tensor | None = None  # pairs: the noise each x was generated from (reflow)
-    cond: Tensor | None = None  # image-to-image pairs: the input image of each x (edges:SET)
+    cond: dict = field(default_factory=dict)  # key -> [N, ...]: e.g. "image" for edges:SET pairs
 
     def __post_init__(self):
         if self.y is not None and len(self.y) != len(self.x):
             raise DataError(f"dataset {self.name}: {len(self.x)} items but {len(self.y)} labels")
+        for key, value in self.cond.items():
+            if len(value) != len(self.x):
+                raise DataError(f"dataset {self.name}: {len(self.x)} items but {len(value)} '{key}' conditions")
+
+    def conditions(self) -> dict:
+        """Every per-item conditioning value: the labels as ``y`` (when labelled) and ``cond``."""
+        return {**({"y": self.y} if self.y is not None else {}), **self.cond}
 
     @property
     def num_classes(self) -> int:
@@ -127,7 +136,7 @@ def load_dataset(
         source = load_dataset(name[len("edges:"):], split=split, image_size=image_size, channels=channels)
         if source.kind != "image":
             raise DataError(f"{name}: edge maps need an image dataset, '{source.name}' holds points")
-        return Dataset(name, source.x, source.y, source.class_names, "image", cond=sobel_edges(source.x))
+        return Dataset(name, source.x, source.y, source.class_names, "image", cond={"image": sobel_edges(source.x)})
     if name.startswith("folder:"):
         return _load_folder(
             name, split=split, image_size=image_size, channels=channels, skip_bad=skip_bad

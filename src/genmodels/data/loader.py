@@ -6,7 +6,7 @@ run would. Under DDP rank r takes ``perm[r::world_size]`` of the same permutatio
 disjoint within an epoch without talking to each other.
 
     batches = InfiniteBatches(dataset, 128, seed=0, rank=rank, world_size=world_size)
-    batch = next(batches)                # {"x": [128, C, H, W], "y": [128]}
+    batch = next(batches)                # {"x": [128, C, H, W], "cond": {"y": [128]}}
     state = batches.state_dict()         # save with the checkpoint; load_state_dict on resume
 """
 
@@ -29,7 +29,9 @@ def derive_seed(*parts: int) -> int:
 
 
 class InfiniteBatches:
-    """Iterator of batch dicts ``{"x": [B, ...]}`` plus ``"y": [B]`` when the dataset is labelled.
+    """Iterator of batch dicts ``{"x": [B, ...], "cond": {...}}``: ``cond`` holds the dataset's
+    ``conditions()`` (the labels as ``"y"`` when labelled, image pairs' ``"image"``, ...), and
+    ``"noise"`` is added for reflow pairs.
 
     Holds the dataset tensors (moved once to ``device``), this rank's shard of the current
     epoch's permutation, and the position ``pos`` (items of the shard already served). The last
@@ -49,11 +51,9 @@ class InfiniteBatches:
     ):
         _check_sharding(len(dataset.x), batch_size, rank, world_size)
         self.x = dataset.x.to(device)
-        self.y = None if dataset.y is None else dataset.y.to(device)
+        self.cond = {key: value.to(device) for key, value in dataset.conditions().items()}
         noise = getattr(dataset, "noise", None)
         self.noise = None if noise is None else noise.to(device)
-        cond = getattr(dataset, "cond", None)
-        self.cond = None if cond is None else cond.to(device)
         self.batch_size = batch_size
         self.seed = seed
         self.rank = rank
@@ -72,13 +72,9 @@ class InfiniteBatches:
         index = self._current_shard()[self.pos : self.pos + self.batch_size]
         self.pos += self.batch_size
         self._roll_over_if_exhausted()
-        batch = {"x": self.x[index]}
-        if self.y is not None:
-            batch["y"] = self.y[index]
+        batch = {"x": self.x[index], "cond": {key: value[index] for key, value in self.cond.items()}}
         if self.noise is not None:
             batch["noise"] = self.noise[index]
-        if self.cond is not None:
-            batch["cond"] = self.cond[index]
         return batch
 
     def state_dict(self) -> dict[str, int]:

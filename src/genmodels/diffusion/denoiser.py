@@ -1,8 +1,9 @@
-"""The seam between networks and samplers: a Denoiser ``D(x, sigma, **cond) -> denoised``.
+"""The seam between networks and samplers: a Denoiser ``D(x, sigma, cond=None) -> denoised``.
 
 ``x`` is in VE coordinates (``x = x0 + sigma noise``, ARCHITECTURE.md), ``sigma`` a scalar or a
-per-sample tensor [B]; the result is the network's estimate of x0. Any net trained on any path
-with any parameterization becomes one through ``NetDenoiser``.
+per-sample tensor [B], ``cond`` the conditioning dict (``genmodels.cond``), passed through to the
+network untouched; the result is the network's estimate of x0. Any net trained on any path with
+any parameterization becomes one through ``NetDenoiser``.
 """
 
 import torch
@@ -18,7 +19,7 @@ def expand_like(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 class NetDenoiser(nn.Module):
-    """Wraps ``net(x_t, c_noise, **cond)`` trained on ``path`` predicting ``param``.
+    """Wraps ``net(x_t, c_noise, cond)`` trained on ``path`` predicting ``param``.
 
     x_t = alpha_t x (VE -> path coordinates), t = path.from_sigma(sigma).
     """
@@ -27,7 +28,7 @@ class NetDenoiser(nn.Module):
         super().__init__()
         self.net, self.path, self.param = net, path, param
 
-    def forward(self, x, sigma, **cond):
+    def forward(self, x, sigma, cond=None):
         sigma = torch.as_tensor(sigma, device=x.device)
         if sigma.ndim == 0:
             sigma = sigma.expand(x.shape[0])
@@ -36,12 +37,12 @@ class NetDenoiser(nn.Module):
         alpha = expand_like(alpha64, x)
         x_t = x * alpha
         sigma_t = expand_like(alpha64 * sigma, x)
-        out = self.net(self.param.scale_input(x_t, alpha=alpha, sigma=sigma_t), self.path.c_noise(t).to(x.dtype), **cond)
+        out = self.net(self.param.scale_input(x_t, alpha=alpha, sigma=sigma_t), self.path.c_noise(t).to(x.dtype), cond)
         return self.param.denoised(out, x_t=x_t, alpha=alpha, sigma=sigma_t)
 
 
-def score(denoiser, x, sigma, **cond):
+def score(denoiser, x, sigma, cond=None):
     """grad_x log p_sigma(x) in VE coordinates from any Denoiser, by Tweedie's formula:
     E[x0 | x] = x + sigma^2 grad log p_sigma(x)."""
     sigma = torch.as_tensor(sigma, dtype=torch.float64)
-    return (denoiser(x, sigma, **cond) - x) / expand_like(sigma.to(x.device) ** 2, x)
+    return (denoiser(x, sigma, cond) - x) / expand_like(sigma.to(x.device) ** 2, x)

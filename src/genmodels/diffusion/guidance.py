@@ -1,9 +1,10 @@
-"""Guidance as Denoiser wrappers: each takes a Denoiser ``D(x, sigma, **cond)`` and is one, so
+"""Guidance as Denoiser wrappers: each takes a Denoiser ``D(x, sigma, cond)`` and is one, so
 every sampler runs guided without knowing it.
 
-- ``CFGDenoiser``: classifier-free guidance (Ho & Salimans 2022), x0 = x0_u + w (x0_c - x0_u),
-  cond and uncond in one batched forward, optionally only inside a sigma interval (Kynkaanniemi
-  et al. 2024, "Applying guidance in a limited interval").
+- ``CFGDenoiser``: classifier-free guidance (Ho & Salimans 2022), x0 = x0_u + w (x0_c - x0_u), on
+  any subset of the conditioning keys (the unconditional half nulls those keys and keeps the
+  rest: text guided, control image not), cond and uncond in one batched forward, optionally only
+  inside a sigma interval (Kynkaanniemi et al. 2024, "Applying guidance in a limited interval").
 - ``DynamicThresholding``: Imagen's percentile clipping of x0 (Saharia et al. 2022, Sec. 2.3).
 - ``ClassifierGuidance``: Dhariwal & Nichol 2021 with a noise-aware classifier, in VE
   coordinates: D'(x) = D(x) + w sigma^2 grad_x log p(y | x, sigma).
@@ -15,20 +16,24 @@ model, w = 0 the unconditional one, w > 1 extrapolates away from the uncondition
 import torch
 from torch import nn
 
+from ..cond import as_cond, cat, select
 from .denoiser import expand_like
 
 
 class CFGDenoiser(nn.Module):
-    """Classifier-free guidance around a class-conditional Denoiser whose null label is
-    ``null_label`` (the UNet's ``num_classes``).
+    """Classifier-free guidance around a conditional Denoiser.
 
-    ``interval=(sigma_lo, sigma_hi)`` applies the guidance only for sigma in that range; outside
-    it the conditional model runs alone (one forward at batch B instead of 2B).
+    ``uncond(cond) -> cond`` gives the unconditional half: ``genmodels.cond.nulled(net, keys)``
+    nulls ``keys`` (the network's null class / null text) and keeps the other keys; a dict is
+    merged over ``cond`` instead (e.g. a negative prompt's ``text``). ``interval=(sigma_lo,
+    sigma_hi)`` applies the guidance only for sigma in that range; outside it the conditional
+    model runs alone (one forward at batch B instead of 2B).
     """
 
-    def __init__(self, denoiser, scale: float, null_label: int, *, interval=None):
+    def __init__(self, denoiser, scale: float, uncond, *, interval=None):
         super().__init__()
-        self.denoiser, self.scale, self.null_label = denoiser, float(scale), int(null_label)
+        self.denoiser, self.scale = denoiser, float(scale)
+        self.uncond = uncond if callable(uncond) else (lambda cond: {**cond, **uncond})
         self.interval = None if interval is None else (float(interval[0]), float(interval[1]))
 
     def active(self, sigma) -> bool:
@@ -39,16 +44,13 @@ class CFGDenoiser(nn.Module):
         s = float(torch.as_tensor(sigma).reshape(-1)[0])
         return self.interval[0] <= s <= self.interval[1]
 
-    def forward(self, x, sigma, y=None, **cond):
-        if y is None:
-            raise ValueError("classifier-free guidance needs class labels y")
+    def forward(self, x, sigma, cond=None):
+        cond = as_cond(cond)
         if not self.active(sigma):
-            return self.denoiser(x, sigma, y=y, **cond)
-        null = torch.full_like(y, self.null_label)
+            return self.denoiser(x, sigma, cond)
         sigma = torch.as_tensor(sigma, device=x.device)
         sigma2 = torch.cat([sigma.expand(x.shape[0])] * 2) if sigma.ndim == 0 else torch.cat([sigma, sigma])
-        both = self.denoiser(torch.cat([x, x]), sigma2, y=torch.cat([y, null]),
-                             **{k: torch.cat([v, v]) for k, v in cond.items()})
+        both = self.denoiser(torch.cat([x, x]), sigma2, cat([cond, self.uncond(cond)]))
         conditional, unconditional = both.chunk(2)
         return unconditional + self.scale * (conditional - unconditional)
 
@@ -63,8 +65,8 @@ class DynamicThresholding(nn.Module):
             raise ValueError(f"dynamic thresholding percentile must lie in (0, 1], got {percentile}")
         self.denoiser, self.percentile = denoiser, float(percentile)
 
-    def forward(self, x, sigma, **cond):
-        x0 = self.denoiser(x, sigma, **cond)
+    def forward(self, x, sigma, cond=None):
+        x0 = self.denoiser(x, sigma, cond)
         s = torch.quantile(x0.detach().flatten(1).abs().float(), self.percentile, dim=1).clamp(min=1)
         s = expand_like(s, x0)
         return x0.clamp(-s, s) / s
@@ -72,17 +74,21 @@ class DynamicThresholding(nn.Module):
 
 class ClassifierGuidance(nn.Module):
     """Shift x0 by w sigma^2 grad_x log p(y | x, sigma) with ``classifier(x_ve, sigma) -> logits``
-    (a noise-aware classifier that takes the VE state, like a Denoiser)."""
+    (a noise-aware classifier that takes the VE state, like a Denoiser). The target classes are
+    ``cond["y"]``; the denoiser gets the keys of ``cond`` in ``denoiser_keys`` (its network's
+    ``cond_keys``: an unconditional model reads no ``y``), all of them when None."""
 
-    def __init__(self, denoiser, classifier, scale: float, *, conditional_denoiser: bool = False):
+    def __init__(self, denoiser, classifier, scale: float, *, denoiser_keys=None):
         super().__init__()
         self.denoiser, self.classifier, self.scale = denoiser, classifier, float(scale)
-        self.conditional_denoiser = conditional_denoiser  # pass y on to a class-conditional D
+        self.denoiser_keys = None if denoiser_keys is None else frozenset(denoiser_keys)
 
-    def forward(self, x, sigma, y=None, **cond):
+    def forward(self, x, sigma, cond=None):
+        cond = as_cond(cond)
+        y = cond.get("y")
         if y is None:
-            raise ValueError("classifier guidance needs class labels y")
-        x0 = self.denoiser(x, sigma, y=y, **cond) if self.conditional_denoiser else self.denoiser(x, sigma, **cond)
+            raise ValueError("classifier guidance needs class labels: cond['y']")
+        x0 = self.denoiser(x, sigma, cond if self.denoiser_keys is None else select(cond, self.denoiser_keys))
         # Samplers run under inference_mode; the gradient needs a normal tensor and autograd.
         with torch.inference_mode(False), torch.enable_grad():
             x_in = x.detach().clone().requires_grad_(True)

@@ -321,19 +321,31 @@ def cosine_betas(timesteps: int, *, s: float = 0.008, max_beta: float = 0.999) -
     return torch.tensor(betas, dtype=torch.float64)
 
 
+def _ddpm(cfg) -> GaussianPath:
+    if cfg.t_sampling != "uniform":
+        raise ConfigError(f"diffusion.t_sampling={cfg.t_sampling} does not apply to the discrete DDPM path "
+                          "(its steps are drawn uniformly); use path vp or ve")
+    return DiscreteDDPM(schedule=cfg.schedule, timesteps=cfg.timesteps, beta_start=cfg.beta_start,
+                        beta_end=cfg.beta_end)
+
+
+def _sampling(cfg) -> dict:
+    return {"t_sampling": cfg.t_sampling, "p_mean": cfg.p_mean, "p_std": cfg.p_std}
+
+
+# diffusion.path -> builder from the diffusion config section
+PATHS = {
+    "ddpm": _ddpm,
+    "vp": lambda cfg: ContinuousVP(beta_min=cfg.beta_min, beta_max=cfg.beta_max, **_sampling(cfg)),
+    "ve": lambda cfg: ContinuousVE(sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, **_sampling(cfg)),
+    "rectified_flow": lambda cfg: RectifiedFlow(t_sampling=cfg.t_sampling),
+}
+T_SAMPLINGS = ("uniform", "logit_normal", "max", "log_normal")  # diffusion.t_sampling
+SCHEDULES = ("linear", "cosine")  # diffusion.schedule of the discrete DDPM
+
+
 def build_path(cfg) -> GaussianPath:
-    """Path from a DiffusionConfig."""
-    if cfg.path == "ddpm":
-        if cfg.t_sampling != "uniform":
-            raise ConfigError(f"diffusion.t_sampling={cfg.t_sampling} does not apply to the discrete DDPM path "
-                              "(its steps are drawn uniformly); use path vp or ve")
-        return DiscreteDDPM(schedule=cfg.schedule, timesteps=cfg.timesteps,
-                            beta_start=cfg.beta_start, beta_end=cfg.beta_end)
-    sampling = {"t_sampling": cfg.t_sampling, "p_mean": cfg.p_mean, "p_std": cfg.p_std}
-    if cfg.path == "vp":
-        return ContinuousVP(beta_min=cfg.beta_min, beta_max=cfg.beta_max, **sampling)
-    if cfg.path == "ve":
-        return ContinuousVE(sigma_min=cfg.sigma_min, sigma_max=cfg.sigma_max, **sampling)
-    if cfg.path == "rectified_flow":
-        return RectifiedFlow(t_sampling=cfg.t_sampling)
-    raise ConfigError(f"unknown diffusion path '{cfg.path}'; allowed: ddpm, vp, ve, rectified_flow")
+    """Path from the diffusion config section."""
+    if cfg.path not in PATHS:
+        raise ConfigError(f"unknown diffusion path '{cfg.path}'; allowed: {', '.join(PATHS)}")
+    return PATHS[cfg.path](cfg)

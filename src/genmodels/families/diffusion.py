@@ -1,16 +1,106 @@
-"""The diffusion family (every path and parameterization: DDPM, VP, flow matching) and the
-noise-aware classifier that guides it: one net, one denoising phase, one EMA."""
+"""The diffusion family (every path and parameterization: DDPM, VP, VE, EDM, flow matching) and
+the noise-aware classifier that guides it: one net, one denoising phase, one EMA; its config
+section, its pipeline (``Pipeline``: sample, invert, likelihoods) and its CLI verbs.
+
+    >>> pipe = genmodels.load("runs/demo")
+    >>> images = pipe.sample(64, seed=0, sampler="ddim", steps=50)   # [-1, 1], NCHW
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import torch
 
 from .. import build
+from ..cond import as_cond, check_keys, map_values, null_value, nulled, select
+from ..config import register_section
+from ..diffusion import PARAMETERIZATIONS, DiscreteDDPM, sigma_grid
+from ..diffusion.guidance import CFGDenoiser, ClassifierGuidance, DynamicThresholding, NoisyClassifierOnVE
+from ..diffusion.paths import PATHS, SCHEDULES, T_SAMPLINGS
+from ..diffusion.sigmas import SIGMA_SPACINGS, TIMESTEP_SPACINGS
 from ..errors import ConfigError
 from ..images import save_grid, scatter_plot
-from . import LoadedRun, TrainContext, TrainParts, register
+from ..metrics.likelihood import (bits_per_dim, ddpm_vlb, dequantize, ode_log_likelihood,
+                                  ode_sigma_range)
+from ..objectives.couplings import COUPLINGS
+from ..samplers import SAMPLERS, generate
+from ..train.distributed import Dist
 from ..train.trainer import Phase
+from .base import Family, LoadedRun, PipelineBase, SampleOption, TrainContext, TrainParts, check_labels, register
+from .loading import load, load_run
 
 
-class DiffusionFamily:
+@dataclass
+class DiffusionConfig:
+    """The diffusion section: the path, what the net predicts, how training draws t and noise."""
+
+    path: str = "ddpm"  # ddpm (discrete, T steps) | vp, ve (continuous SDEs) | rectified_flow (x_t = (1-t) x0 + t noise)
+    schedule: str = "linear"  # ddpm beta schedule: linear | cosine
+    timesteps: int = 1000
+    beta_start: float = 1e-4  # linear ddpm schedule
+    beta_end: float = 0.02
+    beta_min: float = 0.1  # continuous vp path
+    beta_max: float = 20.0
+    sigma_min: float = 0.01  # ve path: sigma(t) = sigma_min (sigma_max / sigma_min)^t
+    sigma_max: float = 50.0  # ve path: about the largest distance between data points
+    prediction: str = "eps"  # what the network predicts: eps | x0 | v | score | edm | velocity (rectified flow)
+    sigma_data: float = 0.5  # edm preconditioning: the data's standard deviation
+    # training times: uniform | logit_normal, max (rectified flow) | log_normal (vp, ve: EDM's sigma density)
+    t_sampling: str = "uniform"
+    p_mean: float = -1.2  # log_normal: ln sigma ~ N(p_mean, p_std^2)
+    p_std: float = 1.2
+    coupling: str = "independent"  # noise-data pairing per batch: independent | ot (exact) | sinkhorn
+    min_snr_gamma: float | None = None  # Min-SNR-gamma loss weighting (Hang et al. 2023); None = plain MSE
+    label_dropout: float = 0.0  # class-conditional nets: P(label -> null class), for classifier-free guidance
+    # any conditioning key -> P(key -> its null) per sample, e.g. {text: 0.1}: classifier-free guidance on it
+    cond_dropout: dict = field(default_factory=dict)
+
+    CHOICES = {"path": lambda: tuple(PATHS), "schedule": lambda: SCHEDULES, "t_sampling": lambda: T_SAMPLINGS,
+               "coupling": lambda: COUPLINGS, "prediction": lambda: tuple(PARAMETERIZATIONS)}
+    POSITIVE = ("timesteps", "sigma_min", "sigma_max", "sigma_data", "p_std")
+
+    def validate(self):
+        check_keys(self.cond_dropout, where="diffusion.cond_dropout")
+        for key, rate in {"label_dropout": self.label_dropout,
+                          **{f"cond_dropout.{k}": v for k, v in self.cond_dropout.items()}}.items():
+            if not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+                raise ConfigError(f"diffusion.{key} must lie in [0, 1), got {rate!r}")
+
+
+register_section("diffusion", DiffusionConfig)
+
+SAMPLE_OPTIONS = (
+    SampleOption("sampler", "choice", None, "the sampler (default: the run's sample.sampler)",
+                 choices=lambda: tuple(SAMPLERS)),
+    SampleOption("steps", "int", None, "sampling steps, default the run's (network evaluations; heun uses 2 "
+                                       "per step but the last)"),
+    SampleOption("eta", "float", None, "ancestral noise (ddim, euler_ancestral, dpmpp_2m_sde)"),
+    SampleOption("spacing", "choice", None, "noise grid: leading | trailing | linspace (timesteps) | karras | logsnr",
+                 choices=TIMESTEP_SPACINGS + SIGMA_SPACINGS),
+    SampleOption("sigma_max", "float", None, "top noise level of karras/logsnr grids (EDM: 80)"),
+    SampleOption("guidance", "float", None, "classifier-free guidance scale w (1 conditional, the default; "
+                                            "0 unconditional)"),
+    SampleOption("guidance_interval", "interval", None, "LO,HI: guide only for sigma in [LO, HI]"),
+    SampleOption("dynamic_threshold", "float", None, "dynamic thresholding percentile, e.g. 0.995",
+                 flag="--threshold"),
+    SampleOption("classifier", "path", None, "a noise-aware classifier run (config mnist-noisy-classifier) "
+                                             "for classifier guidance"),
+    SampleOption("classifier_scale", "float", None, "classifier guidance scale (default 1)"),
+    SampleOption("s_churn", "float", None, "EDM s_churn for euler and heun", flag="--churn"),
+    SampleOption("order", "int", None, "UniPC order (1-3)"),
+    SampleOption("snr", "float", None, "pc: the Langevin corrector's signal-to-noise ratio (0.16)"),
+    SampleOption("corrector_steps", "int", None, "pc: Langevin steps per noise level (1)"),
+)
+
+
+class DiffusionFamily(Family):
     name = "diffusion"
     frozen_sections = ("diffusion",)
+    sample_options = SAMPLE_OPTIONS
 
     def parts(self, cfg):
         return build.diffusion_parts(cfg, cfg.model.options)
@@ -19,16 +109,26 @@ class DiffusionFamily:
         self.parts(cfg)  # a bad diffusion section fails before any weights are drawn
         return {"net": build.build_network(cfg.model.network, **options)}
 
+    def objective_for(self, objective, net):
+        """(objective bound to ``net``, the conditioning keys its batches need): what the net
+        reads, each dropped to the net's null at its ``cond_dropout`` rate."""
+        reads = getattr(net, "cond_keys", frozenset())
+        unread = sorted(set(objective.cond_dropout) - reads)
+        if unread:
+            raise ConfigError(f"diffusion.cond_dropout names {unread}, which the network does not read "
+                              f"(it reads {sorted(reads) or 'no conditioning'})")
+        return dataclasses.replace(objective, null=lambda key, value: null_value(net, key, value)), reads
+
     def training(self, ctx: TrainContext) -> TrainParts:
         cfg, t = ctx.cfg, ctx.cfg.train
         path, param, objective = self.parts(cfg)
         net = ctx.modules["net"]
+        objective, reads = self.objective_for(objective, net)
         train_net = ctx.wrap(net)
-        # labels feed the net only when it was built class-conditional; "noise": reflow pairs
-        keys = ("x", "noise", "y") if cfg.model.options.get("num_classes") is not None else ("x", "noise")
 
         def loss(batch, generator):
-            on_device = ctx.to_device(batch, [k for k in keys if k in batch])
+            # "noise": reflow pairs; of the conditioning, what the net reads
+            on_device = ctx.to_device(batch, [k for k in ("x", "noise") if k in batch], cond_keys=reads)
             with ctx.autocast_context():
                 return objective(train_net, on_device, generator=generator)
 
@@ -42,12 +142,11 @@ class DiffusionFamily:
     @staticmethod
     def _draw(ctx, ema, path, param):
         """draw(seeds, labels) -> samples from the current EMA weights with the preview's sampler."""
-        from ..pipeline import generate
-
         s = ctx.cfg.sample
         return lambda seeds, labels=None: generate(
             build.make_denoiser(ema.module, path, param), path, shape=ctx.dataset.shape, seeds=seeds,
-            sampler=s.sampler, steps=min(s.steps, 25), eta=s.eta, labels=labels, device=ctx.device)
+            sampler=s.sampler, steps=min(s.steps, 25), eta=s.eta, cond=_label_cond(labels, ctx.device),
+            device=ctx.device)
 
     def _preview(self, ctx, ema, path, param):
         draw, dataset = self._draw(ctx, ema, path, param), ctx.dataset
@@ -67,26 +166,259 @@ class DiffusionFamily:
 
         return proxy_evaluator(ctx.cfg, ctx.dataset, self._draw(ctx, ema, path, param), n=ctx.cfg.train.eval_n)
 
-    def load(self, run: LoadedRun):
-        from ..pipeline import Pipeline
-
+    def load(self, run: LoadedRun) -> Pipeline:
         path, param, _ = self.parts(run.config)
         return Pipeline(run.run_dir, run.config, run.modules["net"], path, param, run.data_shape,
                         run.class_names, run.device)
+
+    def verbs(self) -> list:
+        return [invert, reflow]  # the CLI commands defined below
+
+
+def _label_cond(labels, device) -> dict | None:
+    return None if labels is None else {"y": torch.as_tensor(labels, device=device, dtype=torch.long)}
+
+
+@dataclass
+class Pipeline(PipelineBase):
+    """Everything rebuilt from a run directory: config, network (EMA weights by default), path."""
+
+    run_dir: Path
+    config: object
+    net: torch.nn.Module
+    path: object
+    param: object
+    data_shape: tuple
+    class_names: tuple
+    device: torch.device
+
+    @property
+    def denoiser(self):
+        return build.make_denoiser(self.net, self.path, self.param)
+
+    @property
+    def net_num_classes(self):
+        return self.config.model.options.get("num_classes")
+
+    def num_classes(self, *, classifier=None, **options) -> int | None:
+        """The classes of the network, or of the guiding ``classifier`` (a run or its directory)."""
+        if self.net_num_classes is not None or classifier is None:
+            return self.net_num_classes
+        if isinstance(classifier, (str, Path)):
+            classifier = load_classifier(classifier, device=self.device)
+        return classifier.net.num_classes
+
+    @property
+    def cond_keys(self) -> frozenset:
+        """The conditioning keys the network reads."""
+        return getattr(self.net, "cond_keys", frozenset())
+
+    def conditioning(self, n: int, *, labels=None, cond=None) -> dict:
+        """The conditioning of ``n`` samples: ``labels`` as ``y`` (checked), merged with ``cond``
+        (values with n rows, or one row for all)."""
+        cond = dict(as_cond(cond))
+        check_keys(cond, where="cond")
+        if labels is not None:
+            if "y" in cond:
+                raise ConfigError("give the classes as labels or as cond['y'], not both")
+            cond["y"] = torch.as_tensor(check_labels(labels, n, self.net_num_classes), dtype=torch.long)
+
+        def rows(value):
+            value = torch.as_tensor(value)
+            if len(value) == 1 and n > 1:
+                return value.expand(n, *value.shape[1:])
+            if len(value) != n:
+                raise ConfigError(f"conditioning values need {n} rows (one per sample) or 1, got {len(value)}")
+            return value
+
+        return map_values(rows, cond)
+
+    def sample(self, n=64, *, seed=0, sampler="ddim", steps=50, eta=None, spacing=None, sigma_max=None,
+               labels=None, cond=None, guidance=1.0, guidance_keys=None, guidance_interval=None,
+               dynamic_threshold=None, classifier=None, classifier_scale=1.0, x_start=None, init_images=None,
+               start_sigma=None, strength=None, callback=None, batch_size=64, progress=True, dist=Dist(),
+               **options) -> torch.Tensor:
+        """``n`` samples; sample i uses seed ``seed + i``. Images are clamped to [-1, 1].
+
+        ``labels``: one class index for all, or one per sample (class-conditional runs); ``cond``:
+        other conditioning values (``genmodels.cond``), one row per sample or one for all.
+        ``guidance``: classifier-free guidance scale w (1 = conditional, 0 = unconditional) on
+        ``guidance_keys`` (default: the class and text conditions given; other keys, e.g. a
+        control image, stay in both halves); ``guidance_interval=(sigma_lo, sigma_hi)`` limits it
+        to those noise levels. ``dynamic_threshold``: Imagen's percentile (e.g. 0.995) for
+        clipping x0. ``classifier``: a ``load_classifier`` result (or its run directory) for
+        classifier guidance with ``classifier_scale``; works on unconditional models too.
+        ``x_start`` / ``init_images`` with ``start_sigma`` or ``strength``: start mid-way
+        (``samplers.generate``); ``callback``: the per-step callback (``samplers.base``).
+        ``dist``: split the batches over the ranks of a torchrun launch (see ``generate``).
+        Other keywords go to the sampler (``s_churn``, ``order``, ``rtol``, ...).
+        """
+        if n < 1:
+            raise ConfigError(f"n must be >= 1, got {n}")
+        if isinstance(classifier, (str, Path)):
+            classifier = load_classifier(classifier, device=self.device)
+        if labels is not None and self.net_num_classes is None:
+            if classifier is None:
+                raise ConfigError("this model is not class-conditional; drop the class labels or pass a classifier")
+            cond = {**as_cond(cond), "y": torch.as_tensor(check_labels(labels, n, classifier.net.num_classes))}
+            labels = None
+        cond = self.conditioning(n, labels=labels, cond=cond)
+        if (guidance != 1.0 or classifier is not None) and "y" not in cond and "text" not in cond:
+            raise ConfigError("guidance needs a condition: pass labels (CLI: --class K or --class all)")
+        denoiser = self.denoiser
+        if guidance != 1.0:
+            keys = guidance_keys if guidance_keys is not None else [k for k in ("y", "text") if k in cond]
+            denoiser = CFGDenoiser(denoiser, guidance, nulled(self.net, keys), interval=guidance_interval)
+        if classifier is not None:
+            denoiser = ClassifierGuidance(denoiser, classifier, classifier_scale, denoiser_keys=self.cond_keys)
+        if dynamic_threshold is not None:
+            denoiser = DynamicThresholding(denoiser, dynamic_threshold)
+        x = generate(denoiser, self.path, shape=self.data_shape, seeds=range(seed, seed + n),
+                     sampler=sampler, steps=steps, eta=eta, spacing=spacing, sigma_max=sigma_max, cond=cond,
+                     batch_size=batch_size, device=self.device, progress=progress, options=options,
+                     x_start=x_start, init_images=init_images, start_sigma=start_sigma, strength=strength,
+                     callback=callback, dist=dist)
+        return x.clamp(-1, 1) if len(self.data_shape) == 3 else x
+
+    @torch.inference_mode()
+    def invert(self, images, *, steps=50, spacing=None, labels=None, cond=None):
+        """DDIM inversion: the noise that deterministic DDIM on the same grid maps to ``images``
+        ([-1, 1], NCHW); returns (noise in VE coordinates, reconstruction, RMS round-trip error)."""
+        from ..samplers import ddim_invert, sample_ddim
+
+        x0 = torch.as_tensor(images, dtype=torch.float32).to(self.device)
+        if tuple(x0.shape[1:]) != tuple(self.data_shape):
+            raise ConfigError(f"images of shape {tuple(x0.shape[1:])} do not fit this model's "
+                              f"{tuple(self.data_shape)}")
+        sigmas = sigma_grid(self.path, steps, **({} if spacing is None else {"spacing": spacing}))
+        cond = map_values(lambda v: v.to(self.device), self.conditioning(len(x0), labels=labels, cond=cond)) or None
+        noise = ddim_invert(self.denoiser, x0, sigmas, cond=cond)
+        recon = sample_ddim(self.denoiser, noise.clone(), sigmas, cond=cond)
+        return noise.cpu(), recon.cpu(), (recon - x0).square().mean().sqrt().item()
+
+    def sample_settings(self, *, sampler=None, steps=None, eta=None) -> dict:
+        """The sampler settings ``sample`` gets for these overrides: the run's own otherwise."""
+        s = self.config.sample
+        return dict(sampler=sampler or s.sampler, steps=steps or s.steps, eta=s.eta if eta is None else eta)
+
+    # ---- likelihood ------------------------------------------------------------------------
+    @property
+    def nll_method_default(self) -> str:
+        images = len(self.data_shape) == 3
+        return "vlb" if images and isinstance(self.path, DiscreteDDPM) else "ode"
+
+    def nll_settings(self, *, nll_method=None, nll_steps=None, nll_k=None) -> dict:
+        """The likelihood settings used (recorded by the protocol): ``nll_method`` auto | vlb
+        (the DDPM bound, discrete DDPM image runs) | ode (the probability-flow ODE); ``nll_steps``
+        K estimates the DDPM bound from K of its T steps."""
+        if nll_k is not None:
+            raise ConfigError("nll_k (--nll-k) is the IWAE sample count of VAE runs; this run's nll uses "
+                              "nll_steps / nll_method")
+        method = nll_method or "auto"
+        if method not in ("auto", "vlb", "ode"):
+            raise ConfigError(f"nll method must be auto, vlb or ode, got {method!r}")
+        if method == "vlb" and self.nll_method_default != "vlb":
+            raise ConfigError("the variational bound needs an image model on a discrete DDPM path; use ode")
+        return {"nll_method": self.nll_method_default if method == "auto" else method, "nll_steps": nll_steps}
+
+    def nll_scores(self, x, *, cond=None, generator=None, progress=False, nll_method="vlb", nll_steps=None) -> dict:
+        """Likelihood of held-out data ``x``: the DDPM bound in bits/dim (``vlb``), or the PF-ODE's
+        log-density on dequantized data, as bits/dim for images and nats for points (``ode``).
+        ``cond``: the items' conditioning (what the network reads of it is used)."""
+        x = x.to(self.device)
+        cond = map_values(lambda v: v.to(self.device), select(cond, self.cond_keys)) or None
+        images = len(self.data_shape) == 3
+        if nll_method == "vlb":
+            bound = ddpm_vlb(self.denoiser, self.path, x, cond=cond, steps=nll_steps, generator=generator,
+                             progress=progress)
+            return {"nll_bpd": bound.bits_per_dim.mean().item()}
+        sigma_min, sigma_max, prior_std = ode_sigma_range(self.path)
+        if images:
+            x = dequantize(x, generator=generator)
+        result = ode_log_likelihood(self.denoiser, x, sigma_min=sigma_min, sigma_max=sigma_max,
+                                    prior_std=prior_std, cond=cond, generator=generator, progress=progress)
+        if images:
+            return {"nll_bpd": bits_per_dim(result.log_px, x[0].numel()).mean().item(), "nll_nfe": result.nfe}
+        return {"nll": -result.log_px.mean().item(), "nll_nfe": result.nfe}
 
 
 class ClassifierFamily(DiffusionFamily):
     """A noise-aware classifier (for classifier guidance) on the diffusion path's noise levels."""
 
     name = "classifier"
+    sample_options = ()
 
     def parts(self, cfg):
         return build.classifier_parts(cfg)
+
+    def objective_for(self, objective, net):
+        return objective, frozenset(["y"])  # the labels are its target
 
     def load(self, run: LoadedRun):
         raise ConfigError(f"'{run.run_dir}' holds a classifier run, not a diffusion; load it with "
                           "genmodels.load_classifier / --classifier")
 
+    def verbs(self) -> list:
+        return []
+
+
+def load_classifier(run_dir, *, device="auto", weights="ema"):
+    """A noise-aware classifier run (family: classifier) as ``classifier(x, sigma) -> logits`` on
+    VE states, ready for ``genmodels.diffusion.guidance.ClassifierGuidance``."""
+    run = load_run(run_dir, device=device, weights=weights, family="classifier", channels_last=False)
+    path, _, _ = build.classifier_parts(run.config)
+    return NoisyClassifierOnVE(run.modules["net"], path)
+
+
+# ---- CLI verbs ---------------------------------------------------------------------------------
+@click.command(help="DDIM inversion: map real test images to noise and back; saves a grid of rows image / "
+                    "noise / reconstruction and prints the error.\n\n\b\nExample:\n  genmodels invert "
+                    "runs/mnist --n 8 --steps 50 --out inversion.png")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--n", default=8, show_default=True, help="Test images to invert.")
+@click.option("--steps", default=50, show_default=True)
+@click.option("--spacing", default=None)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--out", "out", default="inversion.png", show_default=True)
+def invert(run_dir, n, steps, spacing, device, out):
+    from ..data import load_dataset
+    from ..errors import GenmodelsError
+
+    pipe = load(run_dir, device=device)
+    if not isinstance(pipe, Pipeline):
+        raise GenmodelsError(f"'{run_dir}' is a {pipe.config.family} run; invert needs a diffusion or flow run")
+    data = pipe.config.data
+    test = load_dataset(data.name, split="test", image_size=data.image_size, channels=data.channels)
+    if test.kind == "points":
+        raise GenmodelsError("invert works on image runs; this run's data are 2-D points")
+    cond = select({k: v[:n] for k, v in test.conditions().items()}, pipe.cond_keys)
+    noise, recon, rmse = pipe.invert(test.x[:n], steps=steps, spacing=spacing, cond=cond)
+    scale = noise.flatten(1).std(1).reshape(-1, 1, 1, 1)
+    save_grid(torch.cat([test.x[:n], (noise / scale).clamp(-1, 1), recon.clamp(-1, 1)]), out, nrow=n, scale=2)
+    click.echo(f"round-trip RMS error {rmse:.4f} (images in [-1, 1]) over {n} test images, {steps} steps -> {out}")
+
+
+@click.command(help="Rectified flow's reflow: draw (noise, sample) pairs with a trained flow, train the next "
+                    "flow on them from its weights (or distil a one-step generator), and report straightness "
+                    "before and after.\n\n\b\nExample:\n  genmodels reflow runs/flow --pairs 20000 --out "
+                    "runs/flow2 train.images=300000\n  genmodels reflow runs/flow2 --distill --out runs/flow2-1step")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("overrides", nargs=-1)
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="The new run directory.")
+@click.option("--pairs", default=10_000, show_default=True, help="ODE pairs to draw (saved beside --out).")
+@click.option("--steps", default=100, show_default=True, help="Euler steps per pair.")
+@click.option("--images", default=None, type=int, help="Training images for the new run (train.images).")
+@click.option("--distill", is_flag=True, help="Train a one-step generator (t = 1 only) on the pairs.")
+def reflow(run_dir, overrides, out, pairs, steps, images, distill):
+    from ..reflow import reflow as run_reflow
+
+    result = run_reflow(run_dir, out, pairs=pairs, steps=steps, images=images, distill=distill,
+                        overrides=list(overrides))
+    click.echo(f"straightness {result.straightness_before:.4f} -> {result.straightness_after:.4f} "
+               f"(20-step Euler, 1,000 samples); pairs: {result.pairs_file}; run: {result.run_dir}")
+
 
 register(DiffusionFamily())
 register(ClassifierFamily())
+
+__all__ = ["ClassifierFamily", "DiffusionConfig", "DiffusionFamily", "Pipeline", "load_classifier"]

@@ -5,47 +5,73 @@ Modules: ``G`` (``model.network`` with the model options), ``D`` (``gan.discrimi
 ``network`` and options). Channels, image size, point dimension, z_dim and the class count are
 filled in from the data and the ``gan`` section, and recorded in config.json.
 
-Conditioning follows the data and the nets: class-conditional when G was built with
-``num_classes``; image-conditional (Pix2Pix) when the dataset carries ``cond`` images.
+Conditioning follows the nets: each reads the keys of the batch's ``cond`` in its ``cond_keys``
+(the labels ``y`` when built with ``num_classes``). Pix2Pix, whose G reads an input image instead
+of z, is its own family on these pieces (``pix2pix.py``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import math
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from ..build import fill_option
+from ..config import register_section
 from ..errors import ConfigError
 from ..images import save_grid, scatter_plot
 from ..nn import build_from
-from ..nn.gan_nets import DISCRIMINATORS, GENERATORS, StyleGenerator, UNetGenerator
-from ..objectives.gan import GANObjective, truncated_normal
-from ..pipeline import check_labels
+from ..nn.gan import DISCRIMINATORS, GENERATORS, StyleGenerator
+from ..objectives.gan import LOSSES, GANObjective, truncated_normal
 from ..train.distributed import Dist
 from ..train.trainer import Phase
-from . import LoadedRun, TrainContext, TrainParts, register
+from .base import Family, LoadedRun, PipelineBase, SampleOption, TrainContext, TrainParts, check_labels, register
+
+
+@dataclass
+class GANConfig:
+    """The GAN family's losses and regularisers (genmodels.objectives.gan) and its discriminator."""
+
+    loss: str = "non_saturating"  # minimax (saturating) | non_saturating | lsgan | wgan | hinge
+    z_dim: int = 64
+    n_critic: int = 1  # discriminator steps per generator step (WGAN-GP: 5)
+    gp_weight: float = 0.0  # WGAN-GP's lambda (Gulrajani et al.: 10)
+    r1_gamma: float = 0.0  # R1 penalty gamma / 2 * |grad D(real)|^2 (Mescheder et al. 2018)
+    diffaugment: str = ""  # comma-separated DiffAugment policy: color,translation,cutout
+    style_mixing: float = 0.0  # StyleGAN: probability of a style-mixed batch (0.9 in the paper)
+    l1_weight: float = 0.0  # Pix2Pix: weight of |G(cond) - x|_1 (100 in the paper)
+    d_lr_scale: float = 1.0  # the discriminator's learning rate is train.lr times this (TTUR)
+    grow_images: int | None = None  # progressive growing: images per fade-in and per stable stage
+    discriminator: dict = field(default_factory=lambda: {"network": "dcgan"})  # network + its options
+
+    CHOICES = {"loss": lambda: LOSSES}
+    POSITIVE = ("z_dim", "n_critic", "grow_images", "d_lr_scale")
+
+
+register_section("gan", GANConfig)
 
 # what each net takes from the data: image nets their channels and size, toy nets the dimension
-_IMAGE_G = ("dcgan", "stylegan", "unet")
-_IMAGE_D = ("dcgan", "patch")
+_IMAGE_NETS = ("dcgan", "stylegan", "unet", "patch")
 
 
-def fill_options(cfg, data_shape, num_classes: int, has_cond: bool) -> tuple[dict, dict]:
-    """(G options, D options with its ``network``), the data-dependent ones filled in."""
-    g, d = dict(cfg.model.options), dict(cfg.gan.discriminator)
+def _split_discriminator(cfg) -> tuple[str, dict]:
+    d = dict(cfg.gan.discriminator)
     d_kind = d.pop("network", None)
     if d_kind is None:
         raise ConfigError("gan.discriminator.network is missing; e.g. dcgan, mlp or patch")
-    g_kind = cfg.model.network
+    return d_kind, d
+
+
+def fill_data_options(cfg, data_shape) -> tuple[dict, str, dict]:
+    """(G options, D's network, D options) with the data's channels and size (or dimension)."""
+    g, (d_kind, d) = dict(cfg.model.options), _split_discriminator(cfg)
     images = len(data_shape) == 3
     data = f"dataset '{cfg.data.name}'"
-    for kind, opts, where, image_nets in ((g_kind, g, "model", _IMAGE_G), (d_kind, d, "gan.discriminator", _IMAGE_D)):
-        if (kind in image_nets) != images:
-            need = "image" if kind in image_nets else "2-D point"
+    for kind, opts, where in ((cfg.model.network, g, "model"), (d_kind, d, "gan.discriminator")):
+        if (kind in _IMAGE_NETS) != images:
+            need = "image" if kind in _IMAGE_NETS else "2-D point"
             raise ConfigError(f"{where} network {kind!r} needs {need} data, but dataset '{cfg.data.name}' has "
                               f"items of shape {tuple(data_shape)}")
         if images:
@@ -53,17 +79,16 @@ def fill_options(cfg, data_shape, num_classes: int, has_cond: bool) -> tuple[dic
             fill_option(opts, "image_size", data_shape[1], source=data, where=where)
         else:
             fill_option(opts, "dim", data_shape[0], source=data, where=where)
-    if g_kind == "unet":
-        if not has_cond:
-            raise ConfigError(f"model.network=unet (Pix2Pix) needs paired data such as edges:mnist, "
-                              f"not '{cfg.data.name}'")
-        fill_option(g, "in_channels", data_shape[0], source=data)
-    else:
-        fill_option(g, "z_dim", cfg.gan.z_dim, source="gan.z_dim")
-    if (d_kind == "patch") != (g_kind == "unet"):
-        raise ConfigError("Pix2Pix pairs model.network=unet with gan.discriminator.network=patch")
-    if d_kind == "patch":
-        fill_option(d, "cond_channels", data_shape[0], source=data, where="gan.discriminator")
+    return g, d_kind, d
+
+
+def fill_options(cfg, data_shape, num_classes: int) -> tuple[dict, dict]:
+    """(G options, D options with its ``network``), the data-dependent ones filled in."""
+    if cfg.model.network == "unet" or cfg.gan.discriminator.get("network") == "patch":
+        raise ConfigError("Pix2Pix (model.network=unet, gan.discriminator.network=patch) is its own family: "
+                          "set family: pix2pix (config edges2mnist-pix2pix)")
+    g, d_kind, d = fill_data_options(cfg, data_shape)
+    fill_option(g, "z_dim", cfg.gan.z_dim, source="gan.z_dim")
     if g.get("num_classes") == "auto":
         if not num_classes:
             raise ConfigError(f"model.num_classes=auto but dataset '{cfg.data.name}' has no labels")
@@ -73,16 +98,12 @@ def fill_options(cfg, data_shape, num_classes: int, has_cond: bool) -> tuple[dic
     return g, {"network": d_kind, **d}
 
 
-def conditioning(cfg) -> str:
-    if cfg.model.network == "unet":
-        return "image"
-    return "class" if cfg.model.options.get("num_classes") is not None else "none"
-
-
-def make_objective(cfg) -> GANObjective:
+def make_objective(cfg, G=None, D=None, *, takes_z=True) -> GANObjective:
+    """The objective of the ``gan`` section; with the nets, it passes each the conditioning it reads."""
     g = cfg.gan
     policy = tuple(a.strip() for a in g.diffaugment.split(",") if a.strip())
-    return GANObjective(loss=g.loss, z_dim=g.z_dim, conditioning=conditioning(cfg), gp_weight=g.gp_weight,
+    return GANObjective(loss=g.loss, z_dim=g.z_dim, g_keys=getattr(G, "cond_keys", frozenset()),
+                        d_keys=getattr(D, "cond_keys", frozenset()), takes_z=takes_z, gp_weight=g.gp_weight,
                         r1_gamma=g.r1_gamma, diffaugment=policy, style_mixing=g.style_mixing,
                         l1_weight=g.l1_weight)
 
@@ -116,9 +137,8 @@ def draw(G, seeds, *, z_dim, labels=None, truncation=None, psi=1.0, mix=None, cr
             kwargs["crossover"] = crossover
     elif psi != 1.0 or mix is not None:
         raise ConfigError("psi (truncation in w) and style mixing need a StyleGAN generator (model.network=stylegan)")
-    if labels is not None:
-        return G(z, torch.as_tensor(labels, device=device, dtype=torch.long), **kwargs)
-    return G(z, **kwargs)
+    cond = None if labels is None else {"y": torch.as_tensor(labels, device=device, dtype=torch.long)}
+    return G(z, cond, **kwargs)
 
 
 RECALIBRATION_SEED = 2**31 - 1  # fixed: a run's samples do not depend on when it was loaded
@@ -147,50 +167,60 @@ def recalibrate_batchnorm(G, inputs) -> None:
     G.train(was_training)
 
 
-def recalibration_inputs(G, cfg, device, *, cond=None, batches=8, batch_size=256):
-    """Fixed inputs for ``recalibrate_batchnorm``: z (and labels) from RECALIBRATION_SEED, or for
-    Pix2Pix the first training inputs ``cond``."""
-    if isinstance(G, UNetGenerator):
-        return [(cond[i:i + batch_size].to(device),) for i in range(0, min(len(cond), batches * batch_size), batch_size)]
+def recalibration_inputs(G, cfg, device, *, batches=8, batch_size=256):
+    """Fixed inputs for ``recalibrate_batchnorm``: z (and labels) from RECALIBRATION_SEED."""
     gen = torch.Generator().manual_seed(RECALIBRATION_SEED)
     num_classes = cfg.model.options.get("num_classes")
     out = []
     for _ in range(batches):
         z = torch.randn(batch_size, cfg.gan.z_dim, generator=gen).to(device)
-        out.append((z,) if num_classes is None else (z, torch.randint(num_classes, (batch_size,), generator=gen).to(device)))
+        out.append((z,) if num_classes is None else
+                   (z, {"y": torch.randint(num_classes, (batch_size,), generator=gen).to(device)}))
     return out
 
 
-class GANFamily:
+SAMPLE_OPTIONS = (
+    SampleOption("truncation", "float", None, "GAN: redraw |z| entries above this threshold (BigGAN's truncation "
+                                              "trick, e.g. 0.7)"),
+    SampleOption("psi", "float", None, "StyleGAN: truncation in w, w_avg + psi (w - w_avg)"),
+    SampleOption("style_mix", "pair", None, "StyleGAN: A,B draws a strip from seed A to seed B, taking B's styles "
+                                            "from ever coarser layers", flag="--mix"),
+)
+
+
+class GANFamily(Family):
     name = "gan"
     frozen_sections = ("gan",)
+    sample_options = SAMPLE_OPTIONS
 
     def network_options(self, cfg, dataset) -> dict:
         """G's options; D's are filled into ``cfg.gan.discriminator`` (both land in config.json)."""
-        g, d = fill_options(cfg, dataset.shape, dataset.num_classes, dataset.cond is not None)
+        g, d = fill_options(cfg, dataset.shape, dataset.num_classes)
         cfg.gan.discriminator = d
         return g
 
     def build(self, cfg, options: dict) -> dict:
-        d_options = dict(cfg.gan.discriminator)
-        d_kind = d_options.pop("network")
+        d_kind, d_options = _split_discriminator(cfg)
         make_objective(cfg)  # a bad gan section fails before any weights are drawn
         return {"G": build_from(GENERATORS, cfg.model.network, options, what="model.network"),
                 "D": build_from(DISCRIMINATORS, d_kind, d_options, what="gan.discriminator.network")}
 
+    def objective(self, cfg, G, D) -> GANObjective:
+        return make_objective(cfg, G, D)
+
     def training(self, ctx: TrainContext) -> TrainParts:
         cfg, t, g = ctx.cfg, ctx.cfg.train, ctx.cfg.gan
         G, D = ctx.modules["G"], ctx.modules["D"]
-        objective = make_objective(cfg)
+        objective = self.objective(cfg, G, D)
         G_train, D_train = ctx.wrap(G), ctx.wrap(D)
-        keys = {"none": ("x",), "class": ("x", "y"), "image": ("x", "cond")}[objective.conditioning]
+        reads = objective.g_keys | objective.d_keys
         progressive = getattr(G, "progressive", False) and g.grow_images
         if g.grow_images and not (progressive and getattr(D, "progressive", False)):
             raise ConfigError("gan.grow_images needs progressive=true on both nets (model.progressive, "
                               "gan.discriminator.progressive)")
 
         def d_step(batch, generator):
-            b = ctx.to_device(batch, keys)
+            b = ctx.to_device(batch, cond_keys=reads)
             if progressive:  # the trainer's images seen: a resumed run grows on schedule
                 stage, alpha = growth(ctx.images_seen(), g.grow_images)
                 for m in (G, D):
@@ -199,7 +229,7 @@ class GANFamily:
                 return objective.d_loss(G, D_train, b, generator=generator)
 
         def g_step(batch, generator):
-            b = ctx.to_device(batch, keys)
+            b = ctx.to_device(batch, cond_keys=reads)
             with ctx.autocast_context():
                 return objective.g_loss(G_train, D, b, generator=generator)
 
@@ -212,7 +242,7 @@ class GANFamily:
 
     def _evaluate(self, ctx, ema):
         """The trainer's proxy rows (fd_cnn and KID, or W2 and MMD on toys) from G's EMA."""
-        if not (ctx.cfg.train.eval_every_images and ctx.dist.is_main) or conditioning(ctx.cfg) == "image":
+        if not (ctx.cfg.train.eval_every_images and ctx.dist.is_main):
             return None
         from ..metrics.protocol import proxy_evaluator
 
@@ -223,17 +253,8 @@ class GANFamily:
     def _preview(self, ctx, ema):
         dataset, cfg = ctx.dataset, ctx.cfg
         draw_from = ema.module  # its batch-norm statistics are recalibrated before each preview
-        inputs = recalibration_inputs(draw_from, cfg, ctx.device, cond=dataset.cond)
+        inputs = recalibration_inputs(draw_from, cfg, ctx.device)
         recalibrate = lambda: recalibrate_batchnorm(draw_from, inputs)  # noqa: E731
-        if conditioning(cfg) == "image":
-            cond, x = dataset.cond[:8], dataset.x[:8]
-
-            def preview(png_path):  # rows: input, output, target
-                recalibrate()
-                with torch.no_grad():
-                    out = ema.module(cond.to(ctx.device)).cpu()
-                save_grid(torch.cat([cond, out, x]), png_path, nrow=8, scale=2)
-            return preview
         num_classes = cfg.model.options.get("num_classes")
 
         def preview(png_path):
@@ -248,21 +269,14 @@ class GANFamily:
         return preview
 
     def load(self, run: LoadedRun):
-        G, cfg = run.modules["G"], run.config
-        cond = None
-        if isinstance(G, UNetGenerator):
-            from ..data import load_dataset
-
-            cond = load_dataset(cfg.data.name, split="train", image_size=cfg.data.image_size,
-                                channels=cfg.data.channels).cond
-        recalibrate_batchnorm(G, recalibration_inputs(G, cfg, run.device, cond=cond))
-        return GANPipeline(run.run_dir, run.config, run.modules["G"], run.data_shape, run.class_names, run.device)
+        G = run.modules["G"]
+        recalibrate_batchnorm(G, recalibration_inputs(G, run.config, run.device))
+        return GANPipeline(run.run_dir, run.config, G, run.data_shape, run.class_names, run.device)
 
 
 @dataclass
-class GANPipeline:
-    """A trained GAN: ``sample(n, seed=)`` from G (EMA weights by default); Pix2Pix runs
-    ``translate`` input images, and their ``sample`` translates the test split's inputs."""
+class GANPipeline(PipelineBase):
+    """A trained GAN: ``sample(n, seed=)`` from G (EMA weights by default)."""
 
     run_dir: Path
     config: object
@@ -270,14 +284,11 @@ class GANPipeline:
     data_shape: tuple
     class_names: tuple
     device: torch.device
+    family_name = "GAN"
 
     @property
     def net_num_classes(self):
         return self.config.model.options.get("num_classes")
-
-    @property
-    def image_conditional(self) -> bool:
-        return isinstance(self.net, UNetGenerator)
 
     def sample_settings(self, *, truncation=None, psi=None, **diffusion) -> dict:
         """What a sample depends on beyond the seeds (recorded by the evaluation protocol)."""
@@ -285,16 +296,22 @@ class GANPipeline:
         return {"truncation": truncation, "psi": 1.0 if psi is None else psi}
 
     @torch.inference_mode()
-    def sample(self, n=64, *, seed=0, labels=None, truncation=None, psi=None, mix=None, crossover=None,
-               batch_size=64, progress=False, dist: Dist = Dist(), **diffusion) -> torch.Tensor:
+    def sample(self, n=64, *, seed=0, labels=None, cond=None, truncation=None, psi=None, mix=None, crossover=None,
+               style_mix=None, batch_size=64, progress=False, dist: Dist = Dist(), **diffusion) -> torch.Tensor:
         """``n`` samples, sample i from seed ``seed + i``; ``labels`` one class for all or one per
         sample; ``truncation`` (BigGAN, threshold on |z|), ``psi`` (StyleGAN, in w), ``mix``:
-        a seed per sample (or one for all) whose styles replace layers >= ``crossover``."""
+        a seed per sample (or one for all) whose styles replace layers >= ``crossover``.
+        ``style_mix=(a, b)``: instead, StyleGAN's mixing strip from seed a to seed b
+        (``style_mixing``)."""
         _refuse(diffusion)
         if n < 1:
             raise ConfigError(f"n must be >= 1, got {n}")
-        if self.image_conditional:
-            return self._translate_test(n, batch_size)
+        if cond:  # a GAN's only condition is the class
+            if set(cond) != {"y"} or labels is not None:
+                raise ConfigError(f"this GAN reads no conditioning but class labels; got {sorted(cond)}")
+            labels = [int(v) for v in cond["y"]]
+        if style_mix is not None:
+            return self.style_mixing(*style_mix, truncation=truncation, psi=psi)
         if labels is not None:
             labels = check_labels(labels, n, self.net_num_classes)
         elif self.net_num_classes is not None:
@@ -319,26 +336,6 @@ class GANPipeline:
         one = dict(truncation=truncation, psi=psi, **diffusion)
         mixes = [self.sample(1, seed=a, mix=b, crossover=k, **one) for k in range(len(self.net.layers) - 1, 0, -1)]
         return torch.cat([self.sample(1, seed=a, **one), *mixes, self.sample(1, seed=b, **one)])
-
-    @torch.inference_mode()
-    def translate(self, images, *, batch_size=64) -> torch.Tensor:
-        """Pix2Pix: G(input) for input images [N, C, H, W] in [-1, 1] (e.g. edge maps)."""
-        if not self.image_conditional:
-            raise ConfigError(f"'{self.run_dir}' is not an image-to-image (Pix2Pix) run")
-        x = torch.as_tensor(images, dtype=torch.float32)
-        want = (self.net.in_channels, self.net.image_size, self.net.image_size)
-        if x.ndim != 4 or tuple(x.shape[1:]) != want:
-            raise ConfigError(f"input images have shape {tuple(x.shape[1:])}; this model takes {want}")
-        outs = [self.net(x[i:i + batch_size].to(self.device)).float().cpu() for i in range(0, len(x), batch_size)]
-        return torch.cat(outs).clamp(-1, 1)
-
-    def _translate_test(self, n, batch_size):
-        from ..data import load_dataset
-
-        data = self.config.data
-        test = load_dataset(data.name, split="test", image_size=data.image_size, channels=data.channels)
-        index = torch.arange(n) % len(test.cond)
-        return self.translate(test.cond[index], batch_size=batch_size)
 
 
 def _refuse(options: dict) -> None:

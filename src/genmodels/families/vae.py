@@ -13,25 +13,56 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
 import torch
 
+from ..config import register_section
 from ..errors import ConfigError, DataError
 from ..images import save_grid
 from ..nn import build_network
-from ..objectives.vae import IWAEBound, VAEObjective, active_units, bits_per_dim_of, get_likelihood, iwae_bound
+from ..objectives.vae import (LIKELIHOODS, IWAEBound, VAEObjective, active_units, bits_per_dim_of, get_likelihood,
+                              iwae_bound)
 from ..samplers import SeededNoise
 from ..train.distributed import Dist
 from ..train.trainer import Phase
-from . import LoadedRun, TrainContext, TrainParts, register
+from .base import Family, LoadedRun, PipelineBase, SampleOption, TrainContext, TrainParts, register
+from .loading import load
 
 VAE_NETWORKS = ("vae_mlp", "vae_conv")
 EVAL_BINARIZE_SEED = 0  # the fixed draw that binarizes held-out images for a stochastic Bernoulli VAE
 DEFAULT_NLL_K = 1000
 
 
-class VAEFamily:
+@dataclass
+class VAEConfig:
+    """The VAE family's objective (genmodels.objectives.vae); the nets are model.network
+    vae_mlp | vae_conv with latent_dim, hidden, ..."""
+
+    likelihood: str = "bernoulli"  # bernoulli (binarized pixels) | gaussian (dequantized density) | logistic | discretized_gaussian (8-bit bins)
+    binarize: str = "stochastic"  # bernoulli: stochastic (fresh draw per batch, fixed draw for eval) | threshold (> 1/2)
+    beta: float = 1.0  # weight of the KL term (beta-VAE); 1 = the ELBO
+    kl_warmup_images: int = 0  # KL weight ramps linearly 0 -> beta over this many training images
+    free_bits: float = 0.0  # nats per latent unit the KL term never asks below (0 = off)
+
+    CHOICES = {"likelihood": lambda: tuple(LIKELIHOODS), "binarize": lambda: ("stochastic", "threshold")}
+
+    def validate(self):
+        for key in ("beta", "kl_warmup_images", "free_bits"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"config field 'vae.{key}' must be >= 0, got {getattr(self, key)!r}")
+
+
+register_section("vae", VAEConfig)
+
+
+class VAEFamily(Family):
     name = "vae"
     frozen_sections = ("vae",)
+    sample_options = (SampleOption("temperature", "float", 1.0, "VAE: the prior's std scale (< 1: cleaner, "
+                                                                "less varied samples)"),)
+
+    def verbs(self) -> list:
+        return [interpolate, reconstruct]  # the CLI commands defined below
 
     @staticmethod
     def likelihood(cfg):
@@ -83,7 +114,7 @@ class VAEFamily:
 
 
 @dataclass
-class VAEPipeline:
+class VAEPipeline(PipelineBase):
     """A trained VAE: prior samples, encode / decode, reconstructions, interpolations, and the
     IWAE likelihood bound. Images are [-1, 1] NCHW; decoded images are the likelihood's means."""
 
@@ -120,14 +151,14 @@ class VAEPipeline:
         return torch.cat(out)
 
     def sample(self, n=64, *, seed=0, batch_size=64, progress=False, dist: Dist = Dist(), labels=None,
-               temperature=1.0, **options) -> torch.Tensor:
+               cond=None, temperature=1.0, **options) -> torch.Tensor:
         """``n`` prior samples; sample i uses seed ``seed + i``. ``temperature`` scales the prior's
         std (< 1: cleaner, less varied digits). Under torchrun each rank decodes its share."""
         if options:
             raise ConfigError(f"a VAE samples in one decoder pass; {', '.join(sorted(options))} do(es) not "
                               "apply to it (those are diffusion sampler options)")
-        if labels is not None:
-            raise ConfigError("this VAE is not class-conditional; drop the class labels")
+        if labels is not None or cond:
+            raise ConfigError("this VAE is not conditional; drop the class labels / conditioning")
         if n < 1:
             raise ConfigError(f"n must be >= 1, got {n}")
         seeds = range(seed, seed + n)
@@ -179,8 +210,11 @@ class VAEPipeline:
         return self.decode(interpolate_latents(za, zb, steps=steps, method=method))
 
     # ---- likelihood -------------------------------------------------------------------------
-    def nll_settings(self, *, k=None) -> dict:
-        return {"nll_k": DEFAULT_NLL_K if k is None else k}
+    def nll_settings(self, *, nll_k=None, nll_method=None, nll_steps=None) -> dict:
+        """The IWAE bound's settings: ``nll_k`` importance samples (default 1000)."""
+        if nll_steps is not None or nll_method not in (None, "auto", "iwae"):
+            raise ConfigError("a VAE's nll is its IWAE bound: nll_steps / nll_method do not apply (use nll_k)")
+        return {"nll_method": self.nll_method, "nll_k": DEFAULT_NLL_K if nll_k is None else nll_k}
 
     @torch.inference_mode()
     def iwae(self, x, *, k: int = DEFAULT_NLL_K, generator=None, batch_size: int = 64,
@@ -199,7 +233,8 @@ class VAEPipeline:
             parts.append(iwae_bound(self.net, self.likelihood, target[start:start + batch_size], k, generator=generator))
         return IWAEBound(torch.cat([p.log_px for p in parts]).cpu(), torch.cat([p.elbo for p in parts]).cpu(), k)
 
-    def nll_scores(self, x, *, generator=None, progress=False, nll_k=DEFAULT_NLL_K) -> dict:
+    def nll_scores(self, x, *, cond=None, generator=None, progress=False, nll_k=DEFAULT_NLL_K,
+                   nll_method="iwae") -> dict:
         """-IWAE_k and -ELBO of ``x`` in nats per image and bits per dimension, and the active
         units of the encoder over ``x`` (Burda et al. 2016)."""
         bound = self.iwae(x, k=nll_k, generator=generator, progress=progress)
@@ -227,6 +262,84 @@ def interpolate_latents(za: torch.Tensor, zb: torch.Tensor, *, steps: int, metho
         return ((1 - t) * a + t * b).float()
     direction = (torch.sin((1 - t) * omega) * a / na + torch.sin(t * omega) * b / nb) / torch.sin(omega)
     return (direction * ((1 - t) * na + t * nb)).float()
+
+
+# ---- CLI verbs: the latent space ----------------------------------------------------------------
+_DEVICE = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+
+
+def _load_vae(run_dir, device) -> VAEPipeline:
+    from ..errors import GenmodelsError
+
+    pipe = load(run_dir, device=device)
+    if not isinstance(pipe, VAEPipeline):
+        raise GenmodelsError(f"'{run_dir}' holds a {pipe.config.family} run; this command needs a VAE (family: vae)")
+    return pipe
+
+
+def _test_split(pipe):
+    from ..data import load_dataset
+
+    data = pipe.config.data
+    return load_dataset(data.name, split="test", image_size=data.image_size, channels=data.channels)
+
+
+def read_image_arg(text: str, pipe, option: str):
+    """--a/--b: a PNG path, or test:INDEX, an image of the run's held-out split."""
+    from ..images import load_image
+
+    if text.startswith("test:"):
+        test = _test_split(pipe)
+        try:
+            index = int(text[5:])
+        except ValueError:
+            raise DataError(f"{option} '{text}': INDEX after 'test:' must be an integer") from None
+        if not 0 <= index < len(test.x):
+            raise DataError(f"{option} '{text}': the {pipe.config.data.name} test split has images 0..{len(test.x) - 1}")
+        return test.x[index:index + 1]
+    x = load_image(text, channels=pipe.data_shape[0])
+    if tuple(x.shape[1:]) != tuple(pipe.data_shape):
+        c, h, w = pipe.data_shape
+        raise DataError(f"{option} '{text}' is {x.shape[3]}x{x.shape[2]} pixels but this VAE takes "
+                        f"{w}x{h}; resize it to {w}x{h}")
+    return x
+
+
+@click.command(help="Decode the path between two images' latents (posterior means) of a VAE run: a PNG "
+                    "strip, one row per method.\n\n\b\nExample:\n  genmodels interpolate runs/vae --a test:0 "
+                    "--b test:1 --steps 10 --out interp.png\n  genmodels interpolate runs/vae --a three.png "
+                    "--b eight.png --method linear")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--a", "a", required=True, help="First image: a PNG path, or test:INDEX (the run's test split).")
+@click.option("--b", "b", required=True, help="Second image, the same forms.")
+@click.option("--steps", default=10, show_default=True, help="Images along the path, endpoints included.")
+@click.option("--method", type=click.Choice(["slerp", "linear", "both"]), default="both", show_default=True)
+@_DEVICE
+@click.option("--out", "out", default="interpolation.png", show_default=True)
+def interpolate(run_dir, a, b, steps, method, device, out):
+    pipe = _load_vae(run_dir, device)
+    xa, xb = read_image_arg(a, pipe, "--a"), read_image_arg(b, pipe, "--b")
+    methods = ["linear", "slerp"] if method == "both" else [method]
+    rows = [pipe.interpolate(xa, xb, steps=steps, method=m) for m in methods]
+    save_grid(torch.cat(rows), out, nrow=steps, scale=2)
+    click.echo(f"{' and '.join(methods)} interpolation, {steps} steps ({len(rows)} row(s)) -> {out}")
+
+
+@click.command(help="A VAE run's reconstructions of held-out images: rows of test images and their decoded "
+                    "posterior means.\n\n\b\nExample:\n  genmodels reconstruct runs/vae --n 16 --out recon.png")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--n", default=8, show_default=True, help="Test images (a row of at most 8 each).")
+@_DEVICE
+@click.option("--out", "out", default="reconstructions.png", show_default=True)
+def reconstruct(run_dir, n, device, out):
+    pipe = _load_vae(run_dir, device)
+    x = _test_split(pipe).x[:n]
+    inputs, recon = pipe.inputs(x).cpu(), pipe.reconstruct(x)
+    per_row = min(8, len(x))
+    rows = [t for start in range(0, len(x), per_row) for t in (inputs[start:start + per_row], recon[start:start + per_row])]
+    save_grid(torch.cat(rows), out, nrow=per_row, scale=2)
+    mse = (recon - inputs).square().mean().item()
+    click.echo(f"{len(x)} test images and their reconstructions (MSE {mse:.4f} in [-1, 1]) -> {out}")
 
 
 register(VAEFamily())

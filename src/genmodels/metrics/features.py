@@ -207,7 +207,7 @@ def build_feature_cnn(dataset: str, *, progress=True) -> tuple[FeatureCNN, dict]
                   leave=False, mininterval=1.0):
         batch = next(batches)
         x = random_affine(batch["x"], recipe, generator=augment_rng)
-        loss = F.cross_entropy(net(x), batch["y"])
+        loss = F.cross_entropy(net(x), batch["cond"]["y"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

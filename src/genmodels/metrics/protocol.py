@@ -26,40 +26,20 @@ from safetensors.torch import load_file, save_file
 
 from ..data import TOY_DISTRIBUTIONS, load_dataset
 from ..errors import ConfigError, DataError
-from ..train.checkpoint import atomic_write
 from ..paths import cache_dir
-from .classify import classifier_score, conditional_accuracy
+from ..train.checkpoint import atomic_write
 from .features import FeatureNet, feature_net, feature_net_id
 from .frechet import fd
 from .kid import kid
-from .likelihood import bits_per_dim, ddpm_vlb, dequantize, ode_log_likelihood, ode_sigma_range
-from .prdc import prdc
-from .toy import log_density, mmd_rbf, mode_coverage, wasserstein
+from .registry import METRICS, EvalInputs, compute, default_metrics, needs, parse_metrics
+from .toy import mmd_rbf, wasserstein
 
-__all__ = ["REFERENCE_SPLITS", "IMAGE_METRICS", "TOY_METRICS", "SEED_STRIDE", "reference_features",
-           "image_scores", "compare_images", "toy_scores", "evaluate_run", "EvalResult",
-           "parse_metrics", "format_table"]
+__all__ = ["REFERENCE_SPLITS", "SEED_STRIDE", "reference_features", "image_scores", "compare_images",
+           "toy_scores", "evaluate", "EvalResult", "parse_metrics", "format_table", "METRICS"]
 
 REFERENCE_SPLITS = {"mnist": "all", "fashion": "test", "digits": "all"}
 SEED_STRIDE = 1_000_000  # sample i of evaluation seed s uses seed s * SEED_STRIDE + i
-IMAGE_METRICS = ("fd_cnn", "kid", "prdc", "cs", "cacc", "nll")
-TOY_METRICS = ("w1", "w2", "mmd", "modes", "loglik", "nll")
-DEFAULT_IMAGE_METRICS = ("fd_cnn", "kid", "prdc", "cs")
-PRDC_K = 5
-
-
-def parse_metrics(text_or_list, *, kind: str) -> tuple[str, ...]:
-    """"fd_cnn,kid" -> ("fd_cnn", "kid"), checked against the metrics of ``kind`` (image|points)."""
-    names = text_or_list.split(",") if isinstance(text_or_list, str) else list(text_or_list)
-    names = tuple(n.strip() for n in names if n.strip())
-    allowed = IMAGE_METRICS if kind == "image" else TOY_METRICS
-    aliases = {"fd": "fd_cnn", "fid": "fd_cnn"} if kind == "image" else {}
-    names = tuple(aliases.get(n, n) for n in names)
-    unknown = [n for n in names if n not in allowed]
-    if unknown or not names:
-        raise ConfigError(f"unknown metric(s) {', '.join(unknown) or '(none given)'} for "
-                          f"{'images' if kind == 'image' else '2-D points'}; choose from {', '.join(allowed)}")
-    return names
+DEFAULT_IMAGE_METRICS = default_metrics("image")
 
 
 # ---- reference features ---------------------------------------------------------------------
@@ -83,38 +63,12 @@ def reference_features(dataset: str, net: FeatureNet, *, split=None, progress=Tr
 
 # ---- scores over features -------------------------------------------------------------------
 def image_scores(real_features, fake_features, *, metrics, fake_logits=None, labels=None,
-                 fd_name="fd_cnn", kid_subsets=100, kid_subset_size=1000, seed=0,
-                 timings=None) -> dict:
+                 fd_name="fd_cnn", kid_subsets=100, kid_subset_size=1000, seed=0, timings=None) -> dict:
     """The image metrics in ``metrics`` over features (and classifier logits): a flat dict."""
-    out = {}
-    timings = {} if timings is None else timings
-
-    def timed(name, fn):
-        start = time.perf_counter()
-        value = fn()
-        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
-        return value
-
-    if "fd_cnn" in metrics:
-        out[fd_name] = timed("fd", lambda: fd(real_features, fake_features))
-    if "kid" in metrics:
-        k = timed("kid", lambda: kid(real_features, fake_features, subsets=kid_subsets,
-                                     subset_size=kid_subset_size, seed=seed))
-        out.update(kid=k.mean, kid_std=k.std)
-    if "prdc" in metrics:
-        p = timed("prdc", lambda: prdc(real_features, fake_features, k=PRDC_K))
-        out.update(precision=p.precision, recall=p.recall, density=p.density, coverage=p.coverage)
-    if "cs" in metrics:
-        if fake_logits is None:
-            raise DataError("the classifier score needs a classifier feature network (mnist, fashion, digits)")
-        c = timed("cs", lambda: classifier_score(fake_logits, splits=min(10, len(fake_logits))))
-        out.update(cs=c.mean, cs_std=c.std)
-    if "cacc" in metrics:
-        if fake_logits is None or labels is None:
-            raise DataError("conditional accuracy needs a class-conditional model and a classifier "
-                            "feature network (mnist, fashion, digits)")
-        out["cacc"] = timed("cacc", lambda: conditional_accuracy(fake_logits, labels))
-    return out
+    inputs = EvalInputs("image", real_features=real_features, fake_features=fake_features, fake_logits=fake_logits,
+                        fd_name=fd_name, labels=labels, seed=seed)
+    return compute(metrics, inputs, timings=timings,
+                   options={"kid": {"subsets": kid_subsets, "subset_size": kid_subset_size}})
 
 
 def compare_images(real, fake, *, features="mnist", metrics=DEFAULT_IMAGE_METRICS, labels=None,
@@ -123,33 +77,20 @@ def compare_images(real, fake, *, features="mnist", metrics=DEFAULT_IMAGE_METRIC
     features of ``features`` (a dataset name, a file, or a FeatureNet); plus "features": its name."""
     net = features if isinstance(features, FeatureNet) else feature_net(features, progress=progress)
     metrics = parse_metrics(metrics, kind="image")
-    if "nll" in metrics:
+    if needs(metrics, "model"):
         raise ConfigError("nll needs a model, not a set of images; evaluate a run directory")
     real_f = net.features(real, progress=progress)
     fake_f, fake_logits = net.features_and_logits(fake, progress=progress)
-    scores = image_scores(real_f, fake_f, metrics=metrics, fake_logits=fake_logits, labels=labels,
-                          fd_name=f"fd_{net.tag}", **options)
+    inputs = EvalInputs("image", samples=fake, real_features=real_f, fake_features=fake_f, fake_logits=fake_logits,
+                        fd_name=f"fd_{net.tag}", labels=labels)
+    scores = compute(metrics, inputs, options=options)
     return {**scores, "features": net.name, "n_real": len(real), "n_fake": len(fake)}
 
 
 def toy_scores(dist, reference, samples, *, metrics) -> dict:
     """The 2-D metrics in ``metrics`` of ``samples`` [M, 2] against ``reference`` [N, 2] drawn
     from toy distribution ``dist`` (whose density and modes are used where it has them)."""
-    out = {}
-    if "w1" in metrics:
-        out["w1"] = wasserstein(reference, samples, p=1)
-    if "w2" in metrics:
-        out["w2"] = wasserstein(reference, samples, p=2)
-    if "mmd" in metrics:
-        out["mmd"] = mmd_rbf(reference, samples)
-    if "modes" in metrics and dist.modes is not None:
-        m = mode_coverage(samples, dist.modes, dist.mode_std)
-        out.update(modes_covered=m.covered, modes=m.modes, high_quality=m.high_quality)
-    if "loglik" in metrics and dist.log_prob is not None:
-        ld = log_density(dist, samples)
-        out.update(loglik=ld.mean, in_support=ld.in_support,
-                   loglik_data=log_density(dist, reference).mean)  # the ceiling: real points
-    return out
+    return compute(metrics, EvalInputs("points", samples=samples, reference=reference, dist=dist))
 
 
 # ---- whole runs -----------------------------------------------------------------------------
@@ -179,44 +120,32 @@ def summarize(per_seed: list[dict]) -> tuple[dict, dict]:
     return mean, std
 
 
-def evaluate_run(run_dir, *, metrics=None, n=5000, seeds=(0, 1, 2), sampler=None, steps=None,
-                 eta=None, features=None, weights="ema", nll_n=64, nll_steps=None, nll_method="auto",
-                 nll_k=None, batch_size=64, device="auto", progress=True, log=True,
-                 proxy=False) -> EvalResult:
-    """Sample run ``run_dir`` per the protocol and score it; appends a row to its metrics.jsonl
-    (unless ``log`` is False). ``nll_steps`` K estimates the DDPM bound from K of its T steps;
-    ``nll_method`` "auto" takes the bound for discrete DDPM paths and the PF-ODE otherwise,
-    "ode" forces the PF-ODE (a DDPM net is then queried between its steps). Families whose
-    pipeline has its own ``nll_scores`` (a VAE's IWAE bound with ``nll_k`` samples) use it."""
-    from ..pipeline import load
-
-    pipe = load(run_dir, device=device, weights=weights)
+def evaluate(pipe, *, run_dir=None, metrics=None, n=5000, seeds=(0, 1, 2), sampler=None, steps=None,
+             eta=None, features=None, weights="ema", nll_n=64, nll_steps=None, nll_method=None, nll_k=None,
+             batch_size=64, progress=True, log=True, proxy=False) -> EvalResult:
+    """Sample a loaded model (any family's pipeline) per the protocol and score it by the
+    ``metrics`` of the registry; appends a row to ``run_dir``'s metrics.jsonl (unless ``log`` is
+    False). The likelihood (``nll``) is the pipeline's own ``nll_scores`` on ``nll_n`` held-out
+    items, with its ``nll_settings`` (``nll_steps``, ``nll_method`` for diffusion, ``nll_k`` for
+    VAEs)."""
     cfg = pipe.config
     images = len(pipe.data_shape) == 3
     kind = "image" if images else "points"
     conditional = pipe.net_num_classes is not None
-    if metrics is None:
-        metrics = (*DEFAULT_IMAGE_METRICS, *(("cacc",) if conditional else ())) if images else \
-            ("w1", "w2", "mmd", "modes", "loglik")
-    metrics = parse_metrics(metrics, kind=kind)
-    if "cacc" in metrics and not conditional:
+    metrics = parse_metrics(metrics or default_metrics(kind, conditional=conditional), kind=kind)
+    if needs(metrics, "labels") and not conditional:
         raise ConfigError("cacc (conditional accuracy) needs a class-conditional model; this one is not")
     if n < 2:
         raise ConfigError(f"n must be at least 2, got {n}")
     sampling = pipe.sample_settings(sampler=sampler, steps=steps, eta=eta)
     timings = {}
-    protocol = {"run": str(run_dir), "images_seen": _images_seen(run_dir), "weights": weights,
-                "n": n, "seeds": list(seeds), **sampling, "metrics": list(metrics), "proxy": proxy}
-    if nll_k is not None and not hasattr(pipe, "nll_scores"):
-        raise ConfigError("nll_k (--nll-k) is the IWAE sample count of VAE runs; this run's nll uses "
-                          "nll_steps / nll_method")
-    if "nll" in metrics:
-        if hasattr(pipe, "nll_scores"):
-            protocol.update(nll_n=nll_n, nll_method=pipe.nll_method, **pipe.nll_settings(k=nll_k))
-        else:
-            protocol.update(nll_n=nll_n, nll_steps=nll_steps, nll_method=nll_method)
+    protocol = {"run": None if run_dir is None else str(run_dir), "images_seen": _images_seen(run_dir),
+                "weights": weights, "n": n, "seeds": list(seeds), **sampling, "metrics": list(metrics), "proxy": proxy}
+    nll_settings = pipe.nll_settings(nll_k=nll_k, nll_method=nll_method, nll_steps=nll_steps)
+    if needs(metrics, "model"):
+        protocol.update(nll_n=nll_n, **nll_settings)
 
-    sample_metrics = [m for m in metrics if m != "nll"]
+    sample_metrics = [m for m in metrics if "samples" in METRICS[m].needs]
     if images and sample_metrics:
         # image-to-image pairs (edges:mnist) make images of the underlying set: judge against it
         target = cfg.data.name.removeprefix("edges:")
@@ -230,33 +159,26 @@ def evaluate_run(run_dir, *, metrics=None, n=5000, seeds=(0, 1, 2), sampler=None
 
     per_seed = []
     for seed in seeds:
-        row = {}
         labels = [i % pipe.net_num_classes for i in range(n)] if conditional else None
+        inputs = EvalInputs(kind, labels=torch.tensor(labels) if labels else None, seed=seed,
+                            nll=lambda seed=seed: _nll(pipe, nll_n=nll_n, seed=seed, progress=progress,
+                                                       settings=nll_settings))
         if sample_metrics:  # nll alone needs no samples
             start = time.perf_counter()
-            x = pipe.sample(n, seed=seed * SEED_STRIDE, labels=labels, batch_size=batch_size,
-                            progress=progress, **sampling)
+            inputs.samples = pipe.sample(n, seed=seed * SEED_STRIDE, labels=labels, batch_size=batch_size,
+                                         progress=progress, **sampling)
             timings["sampling"] = timings.get("sampling", 0.0) + time.perf_counter() - start
-        if images and sample_metrics:
+        if images and needs(sample_metrics, "features"):
             start = time.perf_counter()
-            fake_f, fake_logits = net.features_and_logits(x, progress=progress)
+            inputs.fake_features, inputs.fake_logits = net.features_and_logits(inputs.samples, progress=progress)
+            inputs.real_features, inputs.fd_name = reference, f"fd_{net.tag}"
             timings["features"] = timings.get("features", 0.0) + time.perf_counter() - start
-            row.update(image_scores(reference, fake_f, metrics=sample_metrics, fake_logits=fake_logits,
-                                    labels=torch.tensor(labels) if labels else None,
-                                    fd_name=f"fd_{net.tag}", seed=seed, timings=timings))
         elif sample_metrics:
-            start = time.perf_counter()
-            row.update(toy_scores(dist, reference, x, metrics=sample_metrics))
-            timings["toy"] = timings.get("toy", 0.0) + time.perf_counter() - start
-        if "nll" in metrics:
-            start = time.perf_counter()
-            row.update(_nll(pipe, nll_n=nll_n, nll_steps=nll_steps, method=nll_method, nll_k=nll_k,
-                            seed=seed, progress=progress))
-            timings["nll"] = timings.get("nll", 0.0) + time.perf_counter() - start
-        per_seed.append(row)
+            inputs.reference, inputs.dist = reference, dist
+        per_seed.append(compute(metrics, inputs, timings=timings))
     mean, std = summarize(per_seed)
     result = EvalResult(per_seed, mean, std, protocol, timings)
-    if log:
+    if log and run_dir is not None:
         append_eval_row(run_dir, result)
     return result
 
@@ -274,42 +196,22 @@ def _image_reference(dataset, features, progress):
     return net, reference_features(dataset, net, progress=progress)
 
 
-def _nll(pipe, *, nll_n, nll_steps, method, nll_k, seed, progress) -> dict:
-    """Likelihood of held-out data: the family's own bound where it has one, else the DDPM
-    bound or the PF-ODE on dequantized data."""
-    from ..diffusion import DiscreteDDPM
-
+def _nll(pipe, *, nll_n, seed, progress, settings) -> dict:
+    """The pipeline's likelihood scores of the first ``nll_n`` held-out items (with their
+    conditioning), the randomness (dequantization, probes) seeded by ``seed``."""
     cfg = pipe.config
-    images = len(pipe.data_shape) == 3
     g = torch.Generator().manual_seed(seed)
-    if images:
-        test = load_dataset(cfg.data.name, split="test", image_size=cfg.data.image_size,
-                            channels=cfg.data.channels)
+    if len(pipe.data_shape) == 3:
+        test = load_dataset(cfg.data.name, split="test", image_size=cfg.data.image_size, channels=cfg.data.channels)
     else:
         test = load_dataset(cfg.data.name, split="test", n_points=nll_n, seed=0)
-    x = test.x[:nll_n].to(pipe.device)
-    if hasattr(pipe, "nll_scores"):
-        return pipe.nll_scores(x, generator=g, progress=progress, **pipe.nll_settings(k=nll_k))
-    cond = {"y": test.y[:nll_n].to(pipe.device)} if pipe.net_num_classes is not None else None
-    path = pipe.path
-    if method not in ("auto", "vlb", "ode"):
-        raise ConfigError(f"nll method must be auto, vlb or ode, got {method!r}")
-    if method == "vlb" and not (images and isinstance(path, DiscreteDDPM)):
-        raise ConfigError("the variational bound needs an image model on a discrete DDPM path; use ode")
-    if method != "ode" and images and isinstance(path, DiscreteDDPM):
-        bound = ddpm_vlb(pipe.denoiser, path, x, cond=cond, steps=nll_steps, generator=g, progress=progress)
-        return {"nll_bpd": bound.bits_per_dim.mean().item()}
-    sigma_min, sigma_max, prior_std = ode_sigma_range(path)
-    if images:
-        x = dequantize(x, generator=g)
-    result = ode_log_likelihood(pipe.denoiser, x, sigma_min=sigma_min, sigma_max=sigma_max,
-                                prior_std=prior_std, cond=cond, generator=g, progress=progress)
-    if images:
-        return {"nll_bpd": bits_per_dim(result.log_px, x[0].numel()).mean().item(), "nll_nfe": result.nfe}
-    return {"nll": -result.log_px.mean().item(), "nll_nfe": result.nfe}
+    cond = {k: v[:nll_n] for k, v in test.conditions().items()}
+    return pipe.nll_scores(test.x[:nll_n], cond=cond, generator=g, progress=progress, **settings)
 
 
 def _images_seen(run_dir):
+    if run_dir is None:
+        return None
     from ..report import read_metrics
 
     rows = [r for r in read_metrics(run_dir) if "loss" in r and "images" in r]

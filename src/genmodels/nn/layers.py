@@ -1,5 +1,5 @@
 """Building blocks shared by the denoiser networks: noise-level embedding, residual block,
-self-attention, down- and up-sampling.
+self-attention, cross-attention, down- and up-sampling.
 
 Shapes: images are ``[B, C, H, W]``; ``emb`` is the per-image conditioning vector ``[B, emb_dim]``
 (time embedding plus optional class embedding). Every block works in either memory format
@@ -89,6 +89,34 @@ class SelfAttention2d(nn.Module):
         q, k, v = self.qkv(tokens).view(B, H * W, 3, self.num_heads, C // self.num_heads).permute(
             2, 0, 3, 1, 4)  # each [B, heads, HW, d]
         h = F.scaled_dot_product_attention(q, k, v)
+        h = self.proj(h.transpose(1, 2).reshape(B, H * W, C))
+        return x + h.transpose(1, 2).view(B, C, H, W)
+
+
+class CrossAttention2d(nn.Module):
+    """Multi-head attention from the H*W positions of a feature map to a context sequence
+    ``[B, L, context_dim]`` (text token states), pre-GroupNorm and residual, as in the latent
+    diffusion U-Net (Rombach et al. 2022, Sec. 3.3): Q from the image tokens, K and V from the
+    context; ``mask [B, L]`` (True = a real token) hides padding. The output projection starts at
+    zero, so a new block leaves the network's function unchanged.
+    """
+
+    def __init__(self, channels: int, context_dim: int, *, num_heads: int = 4, norm_groups: int = 8):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm = nn.GroupNorm(norm_groups, channels)
+        self.q = nn.Linear(channels, channels)
+        self.kv = nn.Linear(context_dim, 2 * channels)
+        self.proj = zero_init(nn.Linear(channels, channels))
+
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
+        B, C, H, W = x.shape
+        heads, d = self.num_heads, C // self.num_heads
+        tokens = group_norm_act(x, self.norm, silu=False).flatten(2).transpose(1, 2)  # [B, HW, C]
+        q = self.q(tokens).view(B, H * W, heads, d).transpose(1, 2)  # [B, heads, HW, d]
+        k, v = self.kv(context).view(B, context.shape[1], 2, heads, d).permute(2, 0, 3, 1, 4)
+        attn_mask = None if mask is None else mask.bool()[:, None, None, :]  # [B, 1, 1, L]
+        h = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         h = self.proj(h.transpose(1, 2).reshape(B, H * W, C))
         return x + h.transpose(1, 2).view(B, C, H, W)
 

@@ -1,12 +1,14 @@
 """Denoiser body for 2-D (or any low-dimensional) toy data.
 
-``MLP(x, c_noise, y)`` maps points ``x [B, dim]`` and noise-level conditioning ``c_noise [B]`` to
-``[B, dim]``; the parameterization decides what the output means.
+``MLP(x, c_noise, cond)`` maps points ``x [B, dim]``, noise-level conditioning ``c_noise [B]`` and
+a conditioning dict (``cond["y"]`` when built with ``num_classes``) to ``[B, dim]``; the
+parameterization decides what the output means.
 """
 
 from torch import Tensor, nn
 import torch.nn.functional as F
 
+from genmodels.cond import check_reads
 from genmodels.errors import ConfigError
 from genmodels.nn.layers import timestep_embedding, zero_init
 from genmodels.nn.unet import _class_embedding, _per_sample
@@ -28,6 +30,7 @@ class MLP(nn.Module):
         if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
             raise ConfigError(f"num_classes must be a positive integer or None, got {num_classes!r}")
         self.dim, self.hidden, self.num_classes = dim, hidden, num_classes
+        self.cond_keys = frozenset(["y"] if num_classes is not None else [])
         self.time_embed = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.class_embed = None if num_classes is None else nn.Embedding(num_classes + 1, hidden)
         self.layers = nn.ModuleList(
@@ -36,12 +39,13 @@ class MLP(nn.Module):
         self.emb_proj = nn.Linear(hidden, depth * hidden)
         self.out = zero_init(nn.Linear(hidden, dim))
 
-    def forward(self, x: Tensor, c_noise: Tensor, y: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, c_noise: Tensor, cond: dict | None = None) -> Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"MLP expected input of shape [B, {self.dim}], got {list(x.shape)}; "
                              f"check the network's dim against the data")
+        cond = check_reads(cond, self.cond_keys, who="the MLP (num_classes)")
         emb = self.time_embed(timestep_embedding(_per_sample(c_noise, x.shape[0]), self.hidden))
-        emb = emb + _class_embedding(self.class_embed, self.num_classes, y, x.shape[0], x.device)
+        emb = emb + _class_embedding(self.class_embed, self.num_classes, cond.get("y"), x.shape[0], x.device)
         h = x
         for layer, e in zip(self.layers, self.emb_proj(F.silu(emb)).chunk(len(self.layers), dim=1)):
             h = F.silu(layer(h) + e)

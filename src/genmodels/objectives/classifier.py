@@ -13,7 +13,7 @@ class NoisyClassifierObjective:
     path: object
 
     def __call__(self, net, batch, *, generator):
-        x0, y = batch["x"], batch["y"]
+        x0, y = batch["x"], batch["cond"]["y"]  # the labels ride in the batch's conditioning
         t = self.path.sample_t(x0.shape[0], generator=generator, device=x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t, _, _ = self.path.add_noise(x0, noise, t)

@@ -14,12 +14,13 @@ Losses on logits r = D(x_real), f = D(G(z)) (patch logits are averaged per sampl
 with s the sigmoid; -log s(r) = softplus(-r) and log(1 - s(f)) = -softplus(f) keep them stable.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..cond import select
 from ..errors import ConfigError
 
 __all__ = ["LOSSES", "d_loss", "g_loss", "gradient_penalty", "r1_penalty", "diff_augment",
@@ -160,8 +161,10 @@ def truncated_normal(shape, *, threshold: float | None, generator=None, device="
 class GANObjective:
     """The two phases' losses.
 
-    ``conditioning``: "none" (G(z)), "class" (G(z, y), D(x, y)) or "image" (Pix2Pix: G(cond),
-    D(x, cond), plus ``l1_weight`` |G(cond) - x|_1, Isola et al. 2017, Eq. 4).
+    The batch's ``cond`` reaches G as ``G(z, cond)`` and D as ``D(x, cond)``, each given the keys
+    it reads (``g_keys``, ``d_keys``: the nets' ``cond_keys``): labels for a class-conditional
+    GAN, the input image for Pix2Pix, whose G takes no z (``takes_z=False``) and adds
+    ``l1_weight`` |G(cond) - x|_1 (Isola et al. 2017, Eq. 4).
     ``gp_weight``: WGAN-GP's lambda; ``r1_gamma``: R1's gamma (the penalty is gamma / 2 R1);
     ``style_mixing``: probability of a two-z mixed batch (generators with ``num_ws``).
     In the D phase fakes are made under no_grad: G gets no gradient there. In the G phase D's
@@ -170,7 +173,9 @@ class GANObjective:
 
     loss: str = "non_saturating"
     z_dim: int = 64
-    conditioning: str = "none"
+    g_keys: frozenset = field(default_factory=frozenset)
+    d_keys: frozenset = field(default_factory=frozenset)
+    takes_z: bool = True
     gp_weight: float = 0.0
     r1_gamma: float = 0.0
     diffaugment: tuple = ()
@@ -179,10 +184,8 @@ class GANObjective:
 
     def __post_init__(self):
         _check_loss(self.loss)
-        if self.conditioning not in ("none", "class", "image"):
-            raise ConfigError(f"conditioning {self.conditioning!r}; allowed: none, class, image")
         diff_augment(torch.zeros(1, 1, 4, 4), self.diffaugment)  # names are checked now, not mid-run
-        if self.diffaugment and self.conditioning == "image":
+        if self.diffaugment and not self.takes_z:
             # the pair would need one shared draw; Pix2Pix trains without augmentation
             raise ConfigError("gan.diffaugment is not supported with image conditioning (Pix2Pix); set it to []")
         for name in ("gp_weight", "r1_gamma", "style_mixing", "l1_weight"):
@@ -190,27 +193,23 @@ class GANObjective:
                 raise ConfigError(f"gan.{name} must be >= 0, got {getattr(self, name)}")
 
     def fake(self, G, batch, generator):
-        x = batch["x"]
-        if self.conditioning == "image":
-            return G(batch["cond"])
+        x, cond = batch["x"], select(batch.get("cond"), self.g_keys)
+        if not self.takes_z:
+            return G(cond)
         z = torch.randn(x.shape[0], self.z_dim, generator=generator, device=x.device)
-        y = batch["y"] if self.conditioning == "class" else None
         if self.style_mixing and hasattr(G, "num_ws"):
             if torch.rand((), generator=generator, device=x.device).item() < self.style_mixing:
                 z2 = torch.randn(x.shape[0], self.z_dim, generator=generator, device=x.device)
                 crossover = int(torch.randint(1, len(G.layers), (), generator=generator, device=x.device))
-                return G(z, z2=z2, crossover=crossover)
-        return G(z) if y is None else G(z, y)
+                return G(z, cond, z2=z2, crossover=crossover)
+        return G(z, cond)
 
     def critic(self, D, batch, generator):
         """x -> D's logits for this batch's condition, with the augmentation in front."""
-        aug = (lambda x: diff_augment(x, self.diffaugment, generator=generator)) if self.diffaugment \
-            else (lambda x: x)
-        if self.conditioning == "class":
-            return lambda x: D(aug(x), batch["y"])
-        if self.conditioning == "image":
-            return lambda x: D(x, batch["cond"])
-        return lambda x: D(aug(x))
+        cond = select(batch.get("cond"), self.d_keys)
+        if self.diffaugment:
+            return lambda x: D(diff_augment(x, self.diffaugment, generator=generator), cond)
+        return lambda x: D(x, cond)
 
     def d_loss(self, G, D, batch, *, generator):
         real = batch["x"]

@@ -1,34 +1,42 @@
-"""What every sampler shares: the step loop, per-sample seeded noise, DDIM's noise split, EDM's
-churn."""
+"""What every sampler shares: the step loop and its callback, per-sample seeded noise, DDIM's
+noise split, EDM's churn.
+
+The step callback, which every sampler takes: ``callback(i, sigma, x, denoised) -> x | None`` is
+called after step ``i`` with the new state ``x`` at its noise level ``sigma`` (the grid's
+``sigmas[i + 1]``; 0 after the last step) and the x0 estimate ``denoised`` the step used. If it
+returns a tensor, sampling continues from that instead of ``x`` (inpainting pastes the known
+pixels, noised to ``sigma``); it may report progress; it cancels by raising ``SamplingCancelled``.
+"""
 
 import math
-from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import GenmodelsError
 
-@dataclass(frozen=True)
-class StepInfo:
-    """Handed to a sampler's ``callback`` after each step."""
 
-    i: int
-    x: torch.Tensor  # the state after the step
-    sigma: torch.Tensor
-    sigma_next: torch.Tensor
-    denoised: torch.Tensor  # D(x, sigma) before the step
+class SamplingCancelled(GenmodelsError):
+    """Raised by a step callback to stop sampling at the end of the current step."""
+
+
+def after_step(callback, i, sigma, x, denoised):
+    """Run the step callback (if any) and return the state to continue from."""
+    if callback is None:
+        return x
+    replaced = callback(i, sigma, x, denoised)
+    return x if replaced is None else replaced
 
 
 def sample_loop(step, denoiser, x, sigmas, *, cond=None, churn=None, callback=None, progress=False,
                 desc="sampling"):
     """Run ``x = step(x, denoised, sigma, sigma_next)`` down a descending ``sigmas`` grid.
 
-    ``denoised = denoiser(x, sigma, **cond)`` is evaluated once per step here; a step that needs
+    ``denoised = denoiser(x, sigma, cond)`` is evaluated once per step here; a step that needs
     more evaluations (Heun) closes over the denoiser itself. ``churn(x, sigma) -> (x, sigma_hat)``
     optionally raises the noise level before the evaluation (EDM's stochastic sampler); the step
-    then runs from sigma_hat.
+    then runs from sigma_hat. ``callback``: the step callback (module docstring).
     """
-    cond = cond or {}
     # Kept on the CPU: 0-dim CPU tensors act as scalars on any device, and branching on them
     # (sigma_up > 0) costs no host sync in the loop.
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
@@ -36,10 +44,8 @@ def sample_loop(step, denoiser, x, sigmas, *, cond=None, churn=None, callback=No
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         if churn is not None:
             x, sigma = churn(x, sigma)
-        denoised = denoiser(x, sigma, **cond)
-        x = step(x, denoised, sigma, sigma_next)
-        if callback is not None:
-            callback(StepInfo(i, x, sigma, sigma_next, denoised))
+        denoised = denoiser(x, sigma, cond)
+        x = after_step(callback, i, sigma_next, step(x, denoised, sigma, sigma_next), denoised)
     return x
 
 

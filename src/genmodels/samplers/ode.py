@@ -7,7 +7,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from .base import StepInfo, edm_churn, sample_loop, to_d
+from .base import after_step, edm_churn, sample_loop, to_d
 
 
 def _churn(noise, x, sigmas, s_churn, s_tmin, s_tmax, s_noise):
@@ -32,14 +32,13 @@ def sample_heun(denoiser, x, sigmas, *, s_churn=0.0, s_tmin=0.0, s_tmax=math.inf
                 noise=None, cond=None, callback=None, progress=False):
     """EDM Algorithm 2: Euler predictor, trapezoidal corrector with a second evaluation at
     sigma_next; the last step (to sigma = 0) is plain Euler. 2 N - 1 evaluations for N steps."""
-    cond = cond or {}
 
     def step(x, denoised, sigma, sigma_next):
         d = to_d(x, denoised, sigma)
         x_euler = x + d * (sigma_next - sigma)
         if sigma_next == 0:
             return x_euler
-        d_next = to_d(x_euler, denoiser(x_euler, sigma_next, **cond), sigma_next)
+        d_next = to_d(x_euler, denoiser(x_euler, sigma_next, cond), sigma_next)
         return x + (d + d_next) / 2 * (sigma_next - sigma)
 
     return sample_loop(step, denoiser, x, sigmas, cond=cond, callback=callback, progress=progress,
@@ -73,8 +72,9 @@ def sample_rk45(denoiser, x, sigmas, *, rtol=1e-3, atol=1e-3, first_step=None, m
     estimate scaled by atol + rtol max(|x|, |x_new|) is <= 1 (Hairer et al., II.4), with the
     usual controller h <- h min(10, max(0.2, 0.9 err^(-1/5))). The interior of ``sigmas`` is
     ignored except to size the first step. ``stats`` (a dict) receives nfe, accepted, rejected.
+    The step callback runs after each accepted step (``denoised`` is then the estimate at the new
+    point) and once more after the final jump to the data.
     """
-    cond = cond or {}
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
     nonzero = sigmas[sigmas > 0]
     u, u_end = math.log(nonzero[0]), math.log(nonzero[-1])
@@ -84,7 +84,7 @@ def sample_rk45(denoiser, x, sigmas, *, rtol=1e-3, atol=1e-3, first_step=None, m
         nonlocal nfe
         nfe += 1
         sigma = torch.tensor(math.exp(u), dtype=torch.float64)
-        return x - denoiser(x, sigma, **cond)
+        return x - denoiser(x, sigma, cond)
 
     h = -(first_step if first_step is not None else (u - u_end) / max(len(nonzero) - 1, 1))
     k1 = f(x, u)
@@ -102,15 +102,18 @@ def sample_rk45(denoiser, x, sigmas, *, rtol=1e-3, atol=1e-3, first_step=None, m
         if err_norm <= 1:
             accepted += 1
             bar.update(-h)
-            u, x, k1 = u + h, x_new, ks[-1]
-            if callback is not None:
-                sigma = torch.tensor(math.exp(u), dtype=torch.float64)
-                callback(StepInfo(accepted - 1, x, sigma, sigma, x - k1))
+            u, k1 = u + h, ks[-1]
+            replaced = after_step(callback, accepted - 1, torch.tensor(math.exp(u), dtype=torch.float64),
+                                  x_new, x_new - k1)
+            if replaced is not x_new:  # the slope belongs to the state the callback replaced
+                k1 = f(replaced, u)
+            x = replaced
         else:
             rejected += 1
         h *= min(10.0, max(0.2, 0.9 * (err_norm + 1e-10) ** -0.2))
     bar.close()
-    x = x - k1  # D(x, sigma_min): the final jump to sigma = 0, with the stored evaluation
+    denoised = x - k1  # D(x, sigma_min): the final jump to sigma = 0, with the stored evaluation
+    x = after_step(callback, accepted, torch.zeros((), dtype=torch.float64), denoised, denoised)
     if stats is not None:
         stats.update(nfe=nfe, accepted=accepted, rejected=rejected)
     return x

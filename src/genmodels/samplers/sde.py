@@ -91,11 +91,10 @@ def langevin_corrector(denoiser, noise, *, snr=0.16, steps=1, step_rule="sigma",
     Returns ``churn(x, sigma) -> (x, sigma)`` for ``sample_loop``."""
     if step_rule not in ("sigma", "song"):
         raise ConfigError(f"unknown Langevin step_rule '{step_rule}'; allowed: sigma, song")
-    cond = cond or {}
 
     def correct(x, sigma):
         for _ in range(steps):
-            grad = score(denoiser, x, sigma, **cond)
+            grad = score(denoiser, x, sigma, cond)
             z = noise()
             if step_rule == "song":
                 ratio = z.flatten(1).norm(dim=1).mean() / grad.flatten(1).norm(dim=1).mean()

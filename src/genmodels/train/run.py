@@ -11,11 +11,13 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__, build
+from .. import build
+from .._version import __version__
 from ..config import Config, from_dict, to_dict
 from ..data import InfiniteBatches, derive_seed, load_dataset
 from ..errors import CheckpointError, ConfigError
-from ..families import TrainContext, get_family
+from ..families.base import TrainContext
+from ..families.loading import base_record, check_base, get_family, load_run, run_references
 from . import distributed
 from .checkpoint import load_weights, save_json
 from .distributed import Dist
@@ -76,10 +78,10 @@ def prepare(cfg: Config, run_dir, *, resume=False, dist: Dist = Dist(), device=N
     dataset = load_dataset(cfg.data.name, split="train", image_size=cfg.data.image_size,
                            channels=cfg.data.channels, skip_bad=cfg.data.skip_bad,
                            n_points=cfg.data.n_points, seed=cfg.train.seed)
-    # a family whose nets take other data-dependent options (a GAN's two nets) fills them itself
-    fill = getattr(family, "network_options", None)
-    options = fill(cfg, dataset) if fill else build.network_options(cfg, dataset.shape, dataset.num_classes)
-    cfg.model.options = options
+    # the frozen runs this one builds on (model.base, ...): recorded with their weights' sha256
+    references = run_references(cfg)
+    bases = {field: load_run(path, device=device) for field, path in references.items()}
+    cfg.model.options = options = family.network_options(cfg, dataset)
     modules = family.build(cfg, options)
     if t.init_from and not resume:
         init_weights(modules, t.init_from)
@@ -90,17 +92,21 @@ def prepare(cfg: Config, run_dir, *, resume=False, dist: Dist = Dist(), device=N
     torch.manual_seed(derive_seed(t.seed, DROPOUT_STREAM, dist.rank))  # the weights are drawn: now per rank
 
     record = {"config": to_dict(cfg), "data_shape": list(dataset.shape),
-              "class_names": list(dataset.class_names), "genmodels_version": __version__}
+              "class_names": list(dataset.class_names), "genmodels_version": __version__,
+              "bases": {field: base_record(path) for field, path in references.items()}}
     if resume:
-        saved = json.loads((run_dir / "config.json").read_text())["config"]
-        check_resumable(saved, cfg, FROZEN_SECTIONS + tuple(family.frozen_sections))
+        saved_record = json.loads((run_dir / "config.json").read_text())
+        check_resumable(saved_record["config"], cfg, FROZEN_SECTIONS + tuple(family.frozen_sections))
+        for field, recorded in saved_record.get("bases", {}).items():  # the bases it started on, unchanged
+            check_base(field, recorded, run_dir=run_dir)
 
     # The data live on the device as one tensor; each micro-batch is one index gather.
     on_device = dataclasses.replace(dataset, x=dataset.x.to(device),
                                     y=None if dataset.y is None else dataset.y.to(device),
-                                    noise=None if dataset.noise is None else dataset.noise.to(device))
+                                    noise=None if dataset.noise is None else dataset.noise.to(device),
+                                    cond={k: v.to(device) for k, v in dataset.cond.items()})
     ctx = TrainContext(cfg=cfg, dataset=on_device, device=device, dist=dist, modules=modules,
-                       autocast=build.autocast_dtype(t.precision, device), channels_last=channels_last)
+                       autocast=build.autocast_dtype(t.precision, device), channels_last=channels_last, bases=bases)
     parts = family.training(ctx)
     shards = dist.shards(t.grad_accum)
     batches = [InfiniteBatches(on_device, micro_batch, seed=t.seed, rank=s, device=device,

@@ -1,0 +1,169 @@
+"""The metric registry: name -> ``Metric`` (its function, the data kinds it applies to, what it
+needs, its default options and a help line), read by the evaluation protocol and the CLI.
+
+A metric's ``compute(inputs: EvalInputs, **options) -> dict`` returns one or more named values
+(``prdc`` returns precision, recall, density, coverage). A new metric is one registry line:
+
+    METRICS["brightness"] = Metric("brightness", ("image",), lambda inp: {"brightness":
+        inp.samples.mean().item()}, "mean pixel value of the samples")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..errors import ConfigError, DataError
+from .classify import classifier_score, conditional_accuracy
+from .frechet import fd
+from .kid import kid
+from .prdc import prdc
+from .toy import log_density, mmd_rbf, mode_coverage, wasserstein
+
+PRDC_K = 5
+
+
+@dataclass
+class EvalInputs:
+    """What a metric may read for one evaluation seed. Images: ``samples`` [N, C, H, W] and, for
+    metrics that need them, features of the reference set and the samples in the protocol's
+    feature network (and its class logits); points: ``samples`` [N, D], ``reference`` and the toy
+    ``dist``. ``labels``: the classes asked for (conditional runs). ``nll``: a callable giving
+    the model's likelihood scores of the held-out items (metrics of kind "model")."""
+
+    kind: str
+    samples: torch.Tensor | None = None
+    real_features: torch.Tensor | None = None
+    fake_features: torch.Tensor | None = None
+    fake_logits: torch.Tensor | None = None
+    fd_name: str = "fd_cnn"
+    labels: torch.Tensor | None = None
+    reference: torch.Tensor | None = None
+    dist: object = None
+    seed: int = 0
+    nll: Callable[[], dict] | None = None
+
+
+@dataclass(frozen=True)
+class Metric:
+    """``kinds``: the data it applies to ("image", "points"); ``needs``: "samples" (drawn from the
+    model), "features" (image features), "logits" (a classifier feature network), "labels" (a
+    class-conditional model), "model" (it scores the model itself: a likelihood)."""
+
+    name: str
+    kinds: tuple
+    compute: Callable[..., dict]
+    help: str
+    needs: tuple = ("samples",)
+    defaults: dict = field(default_factory=dict)
+    default: bool = False  # in the default set of its kinds
+
+
+def _kid(inp, *, subsets=100, subset_size=1000):
+    k = kid(inp.real_features, inp.fake_features, subsets=subsets, subset_size=subset_size, seed=inp.seed)
+    return {"kid": k.mean, "kid_std": k.std}
+
+
+def _prdc(inp, *, k=PRDC_K):
+    p = prdc(inp.real_features, inp.fake_features, k=k)
+    return {"precision": p.precision, "recall": p.recall, "density": p.density, "coverage": p.coverage}
+
+
+def _cs(inp):
+    if inp.fake_logits is None:
+        raise DataError("the classifier score needs a classifier feature network (mnist, fashion, digits)")
+    c = classifier_score(inp.fake_logits, splits=min(10, len(inp.fake_logits)))
+    return {"cs": c.mean, "cs_std": c.std}
+
+
+def _cacc(inp):
+    if inp.fake_logits is None or inp.labels is None:
+        raise DataError("conditional accuracy needs a class-conditional model and a classifier "
+                        "feature network (mnist, fashion, digits)")
+    return {"cacc": conditional_accuracy(inp.fake_logits, inp.labels)}
+
+
+def _modes(inp):
+    if inp.dist.modes is None:
+        return {}
+    m = mode_coverage(inp.samples, inp.dist.modes, inp.dist.mode_std)
+    return {"modes_covered": m.covered, "modes": m.modes, "high_quality": m.high_quality}
+
+
+def _loglik(inp):
+    if inp.dist.log_prob is None:
+        return {}
+    ld = log_density(inp.dist, inp.samples)
+    return {"loglik": ld.mean, "in_support": ld.in_support,
+            "loglik_data": log_density(inp.dist, inp.reference).mean}  # the ceiling: real points
+
+
+_FEATURES = ("samples", "features")
+METRICS: dict[str, Metric] = {
+    "fd_cnn": Metric("fd_cnn", ("image",), lambda inp: {inp.fd_name: fd(inp.real_features, inp.fake_features)},
+                     "Frechet distance in the feature network's features (fd_cnn: the dataset CNN)",
+                     _FEATURES, default=True),
+    "kid": Metric("kid", ("image",), _kid, "kernel inception distance (cubic polynomial kernel, unbiased, "
+                                           "subsets)", _FEATURES, {"subsets": 100, "subset_size": 1000}, True),
+    "prdc": Metric("prdc", ("image",), _prdc, "precision, recall, density, coverage (k = 5 nearest neighbours)",
+                   _FEATURES, {"k": PRDC_K}, True),
+    "cs": Metric("cs", ("image",), _cs, "classifier score (Inception-score formula, dataset CNN)",
+                 (*_FEATURES, "logits"), default=True),
+    "cacc": Metric("cacc", ("image",), _cacc, "conditional accuracy: the CNN reads the class asked for",
+                   (*_FEATURES, "logits", "labels")),
+    "w1": Metric("w1", ("points",), lambda inp: {"w1": wasserstein(inp.reference, inp.samples, p=1)},
+                 "Wasserstein-1 to fresh data (exact OT)", default=True),
+    "w2": Metric("w2", ("points",), lambda inp: {"w2": wasserstein(inp.reference, inp.samples, p=2)},
+                 "Wasserstein-2 to fresh data", default=True),
+    "mmd": Metric("mmd", ("points",), lambda inp: {"mmd": mmd_rbf(inp.reference, inp.samples)},
+                  "RBF-kernel MMD to fresh data", default=True),
+    "modes": Metric("modes", ("points",), _modes, "modes covered and high-quality share (mixtures)", default=True),
+    "loglik": Metric("loglik", ("points",), _loglik, "mean true log-density of the samples", default=True),
+    "nll": Metric("nll", ("image", "points"), lambda inp: inp.nll(),
+                  "held-out likelihood: bits/dim (images) or nats; DDPM bound, PF-ODE or IWAE by family",
+                  ("model",)),
+}
+ALIASES = {"fd": "fd_cnn", "fid": "fd_cnn"}
+
+
+def default_metrics(kind: str, *, conditional: bool = False) -> tuple[str, ...]:
+    names = [m.name for m in METRICS.values() if m.default and kind in m.kinds]
+    if conditional and kind == "image" and "cacc" in METRICS:
+        names.append("cacc")
+    return tuple(names)
+
+
+def parse_metrics(text_or_list, *, kind: str) -> tuple[str, ...]:
+    """"fd_cnn,kid" -> ("fd_cnn", "kid"), checked against the metrics of ``kind`` (image|points)."""
+    names = text_or_list.split(",") if isinstance(text_or_list, str) else list(text_or_list)
+    names = tuple(ALIASES.get(n.strip(), n.strip()) for n in names if n.strip())
+    allowed = [m.name for m in METRICS.values() if kind in m.kinds]
+    unknown = [n for n in names if n not in allowed]
+    if unknown or not names:
+        raise ConfigError(f"unknown metric(s) {', '.join(unknown) or '(none given)'} for "
+                          f"{'images' if kind == 'image' else '2-D points'}; choose from {', '.join(allowed)}")
+    return names
+
+
+def compute(names, inputs: EvalInputs, *, timings: dict | None = None, options: dict | None = None) -> dict:
+    """The values of metrics ``names`` on ``inputs``, one flat dict; seconds per metric in
+    ``timings``; ``options`` {metric: {option: value}} override a metric's defaults."""
+    import time
+
+    out = {}
+    for name in names:
+        metric = METRICS[name]
+        start = time.perf_counter()
+        out.update(metric.compute(inputs, **{**metric.defaults, **(options or {}).get(name, {})}))
+        if timings is not None:
+            timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+    return out
+
+
+def needs(names, what: str) -> bool:
+    return any(what in METRICS[n].needs for n in names)
+
+
+__all__ = ["ALIASES", "EvalInputs", "METRICS", "Metric", "compute", "default_metrics", "needs", "parse_metrics"]
