@@ -31,6 +31,8 @@ EXAMPLES = {
     "interpolate": "genmodels interpolate runs/vae --a test:0 --b test:1 --steps 10 --out interp.png\n"
                    "  genmodels interpolate runs/vae --a three.png --b eight.png --method linear",
     "reconstruct": "genmodels reconstruct runs/vae --n 16 --out recon.png",
+    "build-kernels": "genmodels build-kernels\n"
+                     "  GENMODELS_KERNELS_DIR=/opt/genmodels/ext genmodels build-kernels   (a shared location)",
 }
 
 
@@ -427,6 +429,23 @@ def report(run_dir, device):
     from .demo import make_report
 
     click.echo(f"report: {make_report(run_dir, device=device)}")
+
+
+# ---- build-kernels ----------------------------------------------------------------------
+@cli.command("build-kernels", help=_help("build-kernels", "Compile the C++ CPU kernels (GroupNorm+SiLU, "
+                                                          "output conv, upsampling interleave) once, in about a "
+                                                          "minute, into $GENMODELS_KERNELS_DIR (default "
+                                                          "~/.cache/genmodels/ext). Without them CPU runs use "
+                                                          "PyTorch ops, about 1.1x slower; scripts/setup runs this."))
+def build_kernels():
+    from .nn import fused
+
+    built = fused.library().exists()
+    start = time.perf_counter()
+    fused.build()
+    how = f"already built in {fused.build_dir()}" if built else (
+        f"built in {time.perf_counter() - start:.0f} s into {fused.build_dir()}")
+    click.echo(f"fused CPU kernels: on ({how})")
 
 
 from .cli_eval import eval_cmd  # noqa: E402
