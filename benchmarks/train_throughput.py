@@ -47,6 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from genmodels.config import load_config
 from genmodels.data import load_dataset
+from genmodels.errors import KernelBuildError
 from genmodels.nn import fused, layers, upsample_conv
 from genmodels.train.run import make_adamw, prepare
 
@@ -217,6 +218,11 @@ def main():
     torch.set_num_threads(args.threads)
     if args.peak_memory:
         return measure_peak_memory(args.peak_memory, args.device)
+    if args.device == "cpu" and fused.mode() != "0":  # "ours" means with the kernels: build them if missing
+        try:
+            fused.build()
+        except KernelBuildError as exc:
+            print(f"note: {exc}; timing ours with PyTorch ops", file=sys.stderr)
 
     names = ["ours", "peer"] + (["unfused"] if args.unfused else []) + (
         ["textbook_upsample"] if args.textbook_upsample else [])

@@ -103,7 +103,8 @@ def test_data_show(tmp_path, capsys):
     assert code == 0 and (tmp_path / "t.png").stat().st_size > 1000
 
 
-@pytest.mark.parametrize("command", [["train"], ["sample"], ["data", "show"], ["demo"], ["report"]])
+@pytest.mark.parametrize("command", [["train"], ["sample"], ["data", "show"], ["demo"], ["report"],
+                                     ["build-kernels"]])
 def test_help_has_an_example(command, capsys):
     code, out, _ = run_cli(command + ["--help"], capsys)
     assert code == 0 and "Example" in out and "genmodels" in out

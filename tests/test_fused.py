@@ -1,29 +1,54 @@
 """The fused GroupNorm + scale-shift + SiLU kernel and the output-conv kernel against their PyTorch
 references: gradcheck in double precision on both channel paths (compile-time and runtime widths),
 float32 agreement at the demo UNet's shapes, numerical stability, the whole UNet with the kernels on
-and off, and the fallbacks."""
+and off, and the fallbacks. How they are found: run time only imports a prebuilt extension (never
+compiles), says once when there is none, and builds only when asked (build-kernels, =1)."""
 
-import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+from torch.utils import cpp_extension
 
-from genmodels.nn import fused
+from genmodels.cli import main
+from genmodels.errors import KernelBuildError
+from genmodels.nn import fused, upsample_conv
 from genmodels.nn.layers import ResBlock, SelfAttention2d
 from genmodels.nn.unet import UNet
+from genmodels.paths import cache_dir
 
 CL = torch.channels_last
-
-pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
-                                reason="no C++ compiler: the kernel cannot be built here")
+COMPILE = fused._compile
 
 
-@pytest.fixture(scope="module", autouse=True)
-def kernel():
-    module = fused.load()
-    assert module is not None, f"the fused kernel did not build: {fused.status()}"
-    return module
+@pytest.fixture(autouse=True)
+def kernel(request):
+    """The real, prebuilt kernels (conftest's fused_kernels), for every test but those that set up a
+    process without them (``fresh``)."""
+    if "fresh" not in request.fixturenames:
+        return request.getfixturevalue("fused_kernels")
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    """As in a new process: nothing loaded or said yet, the default mode; compiling fails the test."""
+    monkeypatch.setattr(fused, "_module", None)
+    monkeypatch.setattr(fused, "_unavailable", None)
+    monkeypatch.delenv(fused.ENV, raising=False)
+
+    def compiler(*args, **kwargs):
+        pytest.fail("the kernels were compiled at run time")
+
+    monkeypatch.setattr(fused, "_compile", compiler)
+    monkeypatch.setattr(cpp_extension, "load", compiler)
+
+
+@pytest.fixture
+def unbuilt(fresh, monkeypatch, tmp_path):
+    """A fresh process with an empty kernels dir: nothing was built."""
+    monkeypatch.setenv("GENMODELS_KERNELS_DIR", str(tmp_path / "ext"))
+    return tmp_path / "ext"
 
 
 def _norm(channels: int, groups: int, dtype=torch.float32, seed: int = 0) -> nn.GroupNorm:
@@ -176,31 +201,93 @@ def test_fallbacks_give_the_reference(monkeypatch):
         fused.group_norm_act(x, norm, scale, None)
 
 
-def test_a_failed_build_warns_once_and_falls_back(monkeypatch):
-    monkeypatch.setattr(fused, "_module", None)
-    monkeypatch.setattr(fused, "_failure", None)
+def _forwards_without_kernels(monkeypatch, repeats=3):
+    """Several forwards through every kernel's entry point (and a UNet), checked to run PyTorch ops."""
+    for cls in (fused._GroupNormAct, fused._OutputConv, upsample_conv._InterleaveKernel):
+        monkeypatch.setattr(cls, "apply", lambda *a: pytest.fail("a kernel ran"))
+    norm, conv = _norm(16, 4), _conv(16, 1, torch.float32)
+    x, scale, shift = _inputs(2, 16, 6, 6, torch.float32, film=True)
+    net = UNet(image_size=16, base_channels=16, channel_mult=(1, 2), attn_resolutions=(8,)).to(memory_format=CL)
+    for _ in range(repeats):
+        assert not fused.applies(x)
+        assert torch.equal(fused.group_norm_act(x, norm, scale, shift), fused.reference(x, norm, scale, shift))
+        assert torch.equal(fused.output_conv(x, conv), conv(x))
+        with torch.no_grad():
+            net(torch.randn(2, 1, 16, 16).contiguous(memory_format=CL), torch.tensor([3.0, 500.0]))
 
-    def broken():
-        raise RuntimeError("Error building extension: c++ not found")
 
-    monkeypatch.setattr(fused, "_build", broken)
+def test_without_a_build_a_forward_never_compiles_and_says_so_once(unbuilt, monkeypatch, capfd):
+    _forwards_without_kernels(monkeypatch)
+    assert fused.load() is None and fused.status().startswith("not built")
+    out, err = capfd.readouterr()
+    assert out == "" and err == fused.NOT_BUILT + "\n"
+    assert "genmodels build-kernels" in err
+    assert not unbuilt.exists()  # not even a build directory made
+
+
+def test_kernels_off_say_nothing(unbuilt, monkeypatch, capfd):
+    monkeypatch.setenv(fused.ENV, "0")
+    _forwards_without_kernels(monkeypatch)
+    assert fused.load() is None and fused.status().startswith("off")
+    assert capfd.readouterr() == ("", "")
+
+
+def test_required_kernels_are_built_when_missing_and_an_impossible_build_raises(unbuilt, monkeypatch, capfd):
     norm = _norm(16, 4)
     x, _, _ = _inputs(2, 16, 6, 6, torch.float32, film=False)
-    with pytest.warns(RuntimeWarning, match="could not be built"):
-        out = fused.group_norm_act(x, norm)
-    assert torch.equal(out, fused.reference(x, norm))
-    assert "c++ not found" in fused.status()
-    monkeypatch.setattr(fused, "_failure", None)
+    assert fused.load() is None  # auto: noted, then asked for below
     monkeypatch.setenv(fused.ENV, "1")
-    with pytest.raises(RuntimeError, match="GENMODELS_FUSED_KERNELS=1"):
-        fused.load()
+
+    def no_compiler():
+        raise KernelBuildError("no C++ compiler: 'c++' is not on PATH; install one (apt-get install g++)")
+
+    monkeypatch.setattr(fused, "_compile", no_compiler)
+    with pytest.raises(KernelBuildError, match=r"GENMODELS_FUSED_KERNELS=1 but .*no C\+\+ compiler.*g\+\+"):
+        fused.group_norm_act(x, norm)
+    built = object()
+    monkeypatch.setattr(fused, "_compile", lambda: built)
+    assert fused.load() is built
+    assert capfd.readouterr().err == fused.NOT_BUILT + "\n"  # said once, by the auto-mode load
 
 
-def test_a_missing_compiler_is_named(monkeypatch, tmp_path):
-    monkeypatch.setenv("GENMODELS_CACHE", str(tmp_path))
+def test_an_unloadable_build_falls_back_once_and_build_replaces_it(unbuilt, monkeypatch, capfd):
+    fused.build_dir().mkdir(parents=True)
+    fused.library().write_bytes(b"not a shared library")
+    _forwards_without_kernels(monkeypatch, repeats=2)
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "could not be loaded" in err and "genmodels build-kernels" in err
+    built = object()
+    monkeypatch.setattr(fused, "_compile", lambda: built)
+    assert fused.build() is built and not fused.library().exists()  # removed, so that ninja relinks it
+
+
+def test_load_imports_the_shared_prebuilt_kernels_without_compiling(fused_kernels, fresh, capfd):
+    # the test session's cache is a fresh temp dir; the kernels stay where scripts/setup built them
+    assert not fused.build_dir().is_relative_to(cache_dir())
+    module = fused.load()
+    assert module is not None and Path(module.__file__) == fused.library()
+    assert fused.status() == "on" and fused.applies(torch.zeros(1, 8, 2, 2).contiguous(memory_format=CL))
+    assert capfd.readouterr() == ("", "")
+
+
+def test_build_kernels_reports_already_built(fused_kernels, fresh, capsys):
+    try:
+        main(["build-kernels"])
+    except SystemExit as e:
+        assert e.code in (0, None)
+    out, err = capsys.readouterr()
+    assert out == f"fused CPU kernels: on (already built in {fused.build_dir()})\n" and err == ""
+
+
+def test_build_kernels_names_a_missing_compiler(unbuilt, monkeypatch, capsys):
+    monkeypatch.setattr(fused, "_compile", COMPILE)  # the real one; cpp_extension.load still fails the test
     monkeypatch.setenv("CXX", "/nonexistent/c++")
-    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler: '/nonexistent/c\\+\\+' is not on PATH"):
-        fused._build()
+    with pytest.raises(SystemExit) as exit_:
+        main(["build-kernels"])
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 2 and out == ""
+    assert err == ("error: no C++ compiler: '/nonexistent/c++' is not on PATH; install one (apt-get install g++), "
+                   "then run genmodels build-kernels\n")
 
 
 def test_second_derivatives_are_refused_not_wrong():

@@ -113,9 +113,7 @@ def test_unet_equals_textbook_upsampling():
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_the_interleave_kernel_equals_the_pytorch_copies(dtype, monkeypatch):
-    if fused.load() is None:
-        pytest.skip(f"no C++ kernels here: {fused.status()}")
+def test_the_interleave_kernel_equals_the_pytorch_copies(dtype, monkeypatch, fused_kernels):
     calls = []
     apply = upsample_conv._InterleaveKernel.apply
     monkeypatch.setattr(upsample_conv._InterleaveKernel, "apply", lambda *a: calls.append(1) or apply(*a))
@@ -131,9 +129,7 @@ def test_the_interleave_kernel_equals_the_pytorch_copies(dtype, monkeypatch):
         torch.testing.assert_close(got, want, rtol=0, atol=0)  # the same copies: bit-identical
 
 
-def test_second_derivatives_through_the_kernel_are_refused_not_wrong():
-    if fused.load() is None:
-        pytest.skip(f"no C++ kernels here: {fused.status()}")
+def test_second_derivatives_through_the_kernel_are_refused_not_wrong(fused_kernels):
     x, weight, b = (t.detach().float().requires_grad_() for t in _case(3, 6, 5, 4, 7, fmt=CL))
     out = nearest_up_conv3x3(x, weight, b)
     assert out.grad_fn.name() == "_InterleaveKernelBackward"

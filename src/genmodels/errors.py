@@ -19,3 +19,7 @@ class CheckpointError(GenmodelsError):
 
 class TrainingDiverged(GenmodelsError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class KernelBuildError(GenmodelsError, RuntimeError):
+    """The C++ CPU kernels cannot be compiled here (no compiler, a compile error)."""

@@ -8,9 +8,8 @@ output layer's 3x3 convolution to a few channels, and the interleaving copy of
 
 with ``norm`` an ``nn.GroupNorm`` (its weights, groups and eps; state dicts are unchanged). On a
 CPU, for float32/float64 tensors in channels_last layout, it runs the C++ kernel in
-``csrc/group_norm_act.cpp``, compiled once on first use into ``$GENMODELS_CACHE/ext`` (about 30 s;
-``scripts/setup`` does it ahead of time). Anywhere else (CUDA, NCHW, bf16, a machine without a C++
-compiler) it runs the same math in PyTorch ops; the two agree to float rounding (tests/test_fused.py).
+``csrc/group_norm_act.cpp``. Anywhere else (CUDA, NCHW, bf16, kernels not built) it runs the same
+math in PyTorch ops; the two agree to float rounding (tests/test_fused.py).
 On the demo UNet the kernel makes a training step ~10 % faster (docs/BENCHMARKS.md).
 
 ``output_conv(x, conv)`` is ``conv(x)`` for a 3x3, stride-1, padding-1 ``nn.Conv2d`` with at most 8
@@ -18,8 +17,14 @@ output channels (``csrc/output_conv.cpp``, same conditions): oneDNN runs that sh
 the machine's peak, this kernel at the speed of reading x. ``interleave_forward/backward`` serve
 ``upsample_conv`` under the same conditions (``applies``).
 
-``GENMODELS_FUSED_KERNELS``: ``auto`` (default: build, or warn once and fall back), ``0`` (never use
-the kernels), ``1`` (the kernels are required: a failed build is an error).
+Building is explicit, never a stall in the first forward: ``genmodels build-kernels`` (``build()``;
+``scripts/setup`` runs it) compiles them once, in about a minute, into ``build_dir()`` under
+``$GENMODELS_KERNELS_DIR`` (default ``$GENMODELS_CACHE/ext``, i.e. ``~/.cache/genmodels/ext``). At run
+time ``load()`` only imports that build.
+
+``GENMODELS_FUSED_KERNELS``: ``auto`` (default: use the prebuilt kernels; when there are none, say so
+in one line on stderr, once per process, and run the PyTorch ops), ``0`` (never use the kernels, say
+nothing), ``1`` (the kernels are required: build them now if missing; an error if that is impossible).
 
 The kernels' backward is not itself differentiable: a backward pass with ``create_graph=True``
 through them raises at once (``first_order_only``); set ``GENMODELS_FUSED_KERNELS=0`` for such uses.
@@ -28,21 +33,21 @@ through them raises at once (``first_order_only``); set ``GENMODELS_FUSED_KERNEL
 import contextlib
 import functools
 import hashlib
+import importlib.util
 import os
 import platform
 import shutil
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genmodels.errors import ConfigError
-from genmodels.paths import cache_dir
+from genmodels.errors import ConfigError, KernelBuildError
+from genmodels.paths import kernels_dir
 
 CSRC = Path(__file__).parent / "csrc"
 SOURCES = [CSRC / name for name in ("module.cpp", "group_norm_act.cpp", "output_conv.cpp", "phase_interleave.cpp")]
@@ -51,10 +56,14 @@ OUTPUT_CONV_MAX_CHANNELS = 8
 CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp"]
 LDFLAGS = ["-fopenmp"]
 ENV = "GENMODELS_FUSED_KERNELS"
+NAME = "genmodels_kernels"  # the extension's module name (TORCH_EXTENSION_NAME in csrc/module.cpp)
+SLOWER = "about 1.1x slower training"  # docs/BENCHMARKS.md: the kernels make a step 1.12-1.16x faster
+NOT_BUILT = (f"genmodels: C++ CPU kernels not built; using PyTorch ops ({SLOWER}). "
+             "Build them once with: genmodels build-kernels")
 
-_lock = threading.Lock()
-_module = None  # the loaded extension, once built
-_failure: str | None = None  # why it could not be built (then the PyTorch path runs)
+_lock = threading.RLock()  # load() may build() under it
+_module = None  # the loaded extension
+_unavailable: str | None = None  # why it is not in use, once said on stderr (auto mode)
 
 
 def mode() -> str:
@@ -65,14 +74,19 @@ def mode() -> str:
 
 
 def build_dir() -> Path:
-    """Where the compiled kernel lives: keyed by the source, flags, torch, Python and CPU, because
+    """Where the compiled kernels live: keyed by the sources, flags, torch, Python and CPU, because
     -march=native code must not be reused on another processor."""
     key = hashlib.sha256()
     for part in (*(f.read_bytes() for f in SOURCES + HEADERS), " ".join(CFLAGS).encode(),
                  torch.__version__.encode(), sys.version.encode(), _cpu_model().encode(),
                  platform.machine().encode()):
         key.update(part)
-    return cache_dir() / "ext" / f"kernels-{key.hexdigest()[:16]}"
+    return kernels_dir() / f"kernels-{key.hexdigest()[:16]}"
+
+
+def library() -> Path:
+    """The compiled extension's file in ``build_dir()`` (there once built)."""
+    return build_dir() / (NAME + (".pyd" if sys.platform == "win32" else ".so"))
 
 
 def _cpu_model() -> str:
@@ -84,51 +98,96 @@ def _cpu_model() -> str:
 
 
 def load():
-    """The compiled extension, building it on first call; ``None`` if it cannot be built (the
-    reason is in ``status()``). Safe to call from several threads or torchrun processes."""
-    global _module, _failure
-    if _module is not None or _failure is not None:
+    """The prebuilt extension, or ``None`` when the kernels are off or not built (then, in ``auto``
+    mode, one line on stderr, once per process). Never compiles, except under
+    ``GENMODELS_FUSED_KERNELS=1`` with no build. Safe to call from several threads."""
+    global _module, _unavailable
+    if _module is not None:
         return _module
+    setting = mode()
+    required = setting == "1"
+    if setting == "0" or (_unavailable is not None and not required):
+        return None
     with _lock:
-        if _module is not None or _failure is not None:
+        if _module is not None:
             return _module
         try:
-            _module = _build()
-        except Exception as exc:  # no compiler, no ninja, unsupported platform: fall back
-            _failure = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
-            if mode() == "1":
-                raise RuntimeError(f"{ENV}=1 but the fused CPU kernels could not be built: {_failure}") from exc
-            warnings.warn(f"genmodels: the fused CPU kernels (GroupNorm+SiLU, output conv) could not be built "
-                          f"({_failure}); "
-                          f"using PyTorch ops (slower on CPU). Set {ENV}=0 to skip the attempt.",
-                          RuntimeWarning, stacklevel=3)
+            _module = _import(library())
+        except (ImportError, OSError) as exc:
+            if required:
+                try:
+                    _module = build()
+                except KernelBuildError as failure:
+                    raise KernelBuildError(f"{ENV}=1 but the C++ CPU kernels could not be built: {failure}; "
+                                           f"set {ENV}=auto to run PyTorch ops instead") from failure
+            elif _unavailable is None:
+                if isinstance(exc, FileNotFoundError):
+                    _unavailable, line = "not built", NOT_BUILT
+                else:  # a build from a crashed or concurrent compile: build() replaces it
+                    _unavailable = f"could not be loaded ({exc})"
+                    line = (f"genmodels: C++ CPU kernels in {library()} could not be loaded ({exc}); using "
+                            f"PyTorch ops ({SLOWER}). Rebuild them with: genmodels build-kernels")
+                print(line, file=sys.stderr, flush=True)
     return _module
 
 
-def _build():
+def _import(path: Path):
+    """The extension module compiled at ``path``, imported as torch's loader does (torch is already
+    imported, so the libtorch symbols it needs are there)."""
+    if not path.exists():
+        raise FileNotFoundError(f"no {path}")
+    spec = importlib.util.spec_from_file_location(NAME, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def build():
+    """Compile the kernels into ``build_dir()`` now, unless they are built there already, and return
+    the module (``genmodels build-kernels`` and ``scripts/setup`` call this; about a minute, once per
+    source, torch, Python and CPU). Raises ``KernelBuildError`` when they cannot be built here."""
+    global _module, _unavailable
+    with _lock:
+        if _module is None:
+            try:
+                _module = _import(library())
+            except FileNotFoundError:
+                _module = _compile()
+            except (ImportError, OSError):  # a truncated file: ninja would see it as up to date
+                library().unlink()
+                _module = _compile()
+            _unavailable = None
+    return _module
+
+
+def _compile():
     from torch.utils import cpp_extension
 
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
-        raise RuntimeError(f"no C++ compiler: {compiler!r} is not on PATH (install one, e.g. apt-get install g++)")
+        raise KernelBuildError(f"no C++ compiler: {compiler!r} is not on PATH; install one "
+                               f"(apt-get install g++), then run genmodels build-kernels")
     target = build_dir()
     target.mkdir(parents=True, exist_ok=True)
-    fresh = not any(target.glob("*.so"))
-    if fresh:
-        print(f"genmodels: compiling the fused CPU kernels once (about 30 s) into {target}",
-              file=sys.stderr, flush=True)
+    print(f"genmodels: compiling the fused CPU kernels once (about a minute) into {target}",
+          file=sys.stderr, flush=True)
     start = time.perf_counter()
     # pip's ninja lands next to the interpreter, which is not on PATH unless the venv is activated.
     path = os.environ.get("PATH", "")
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), path])
     try:
-        module = cpp_extension.load(name="genmodels_kernels", sources=[str(f) for f in SOURCES],
+        module = cpp_extension.load(name=NAME, sources=[str(f) for f in SOURCES],
                                     extra_cflags=CFLAGS, extra_ldflags=LDFLAGS,
                                     build_directory=str(target), verbose=False)
+    except Exception as exc:  # a compile error, no ninja: name the first error, keep the whole log
+        log = target / "build.log"
+        log.write_text(str(exc))
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        first = next((line for line in lines if "error" in line.lower()), lines[-1])
+        raise KernelBuildError(f"the C++ kernels did not compile ({first}); full log in {log}") from exc
     finally:
         os.environ["PATH"] = path
-    if fresh:
-        print(f"genmodels: fused kernels ready ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+    print(f"genmodels: fused kernels ready ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
     return module
 
 
@@ -138,7 +197,7 @@ def status() -> str:
         return f"off ({ENV}=0)"
     if load() is not None:
         return "on"
-    return f"unavailable ({_failure})"
+    return f"{_unavailable}; build them with: genmodels build-kernels"
 
 
 def applies(x: Tensor) -> bool:
