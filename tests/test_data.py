@@ -352,7 +352,7 @@ def test_labels_travel_with_their_items_and_epochs_reshuffle():
     batches = InfiniteBatches(_indexed(40), 20, seed=1)
     first, second, third = next(batches), next(batches), next(batches)
     for batch in (first, second, third):
-        assert torch.equal(batch["y"], batch["x"][:, 0].long() % 7)
+        assert torch.equal(batch["cond"]["y"], batch["x"][:, 0].long() % 7)
     assert sorted(_ids(first) + _ids(second)) == list(range(40))
     assert _ids(third) != _ids(first)
     assert "y" not in next(InfiniteBatches(_indexed(40, labelled=False), 4, seed=0))
@@ -388,8 +388,8 @@ def test_batch_iterator_rejects_impossible_settings():
 
 def test_batches_on_a_real_dataset(mnist):
     batch = next(InfiniteBatches(mnist["test"], 32, seed=0))
-    assert batch["x"].shape == (32, 1, 28, 28) and batch["y"].shape == (32,)
-    assert batch["x"].dtype == torch.float32 and batch["y"].dtype == torch.int64
+    assert batch["x"].shape == (32, 1, 28, 28) and batch["cond"]["y"].shape == (32,)
+    assert batch["x"].dtype == torch.float32 and batch["cond"]["y"].dtype == torch.int64
 
 
 def test_no_warnings_from_loading_builtins():

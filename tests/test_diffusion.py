@@ -126,7 +126,7 @@ class OracleNet(torch.nn.Module):
         self.path, self.param, self.x0, self.noise = path, param, x0, noise
         self.seen_c_noise = None
 
-    def forward(self, x_t, c_noise, y=None):
+    def forward(self, x_t, c_noise, cond=None):
         self.seen_c_noise = c_noise
         t = self.t
         _, alpha, sigma = self.path.add_noise(self.x0, self.noise, t)
@@ -170,7 +170,7 @@ def test_min_snr_weight_is_min_snr_on_x0_errors(name):
 def test_objective_is_per_sample_and_uses_the_generator():
     path, param = DiscreteDDPM(), PARAMETERIZATIONS["eps"]
     objective = DiffusionObjective(path, param)
-    net = lambda x_t, c, **k: torch.zeros_like(x_t)  # noqa: E731  predicts eps = 0
+    net = lambda x_t, c, cond=None: torch.zeros_like(x_t)  # noqa: E731  predicts eps = 0
     batch = {"x": torch.zeros(4096, 2)}
     loss, _ = objective(net, batch, generator=torch.Generator().manual_seed(0))
     assert loss.shape == (4096,)

@@ -96,7 +96,7 @@ def test_global_batch_must_split_into_equal_micro_batches():
 def test_each_rank_draws_every_world_size_th_batch(runs):
     """Rank 1 of 2 draws batch 1 (and 3, ...) only; the gathered parts are put back in order."""
     from genmodels import load
-    from genmodels.pipeline import generate
+    from genmodels.samplers import generate
 
     pipe, parts = load(runs[0], device="cpu"), []
 

@@ -156,7 +156,7 @@ def test_unet_with_kernel_equals_unet_without(monkeypatch):
     def run():
         net.zero_grad()
         xi = x.clone().requires_grad_()
-        out = net(xi, t, y)
+        out = net(xi, t, {"y": y})
         # a random upstream: with a symmetric one the output bias's gradient cancels to rounding noise
         (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(1))).sum().backward()
         return [out, xi.grad] + [p.grad.clone() for p in net.parameters()]

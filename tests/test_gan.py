@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from genmodels.errors import ConfigError
-from genmodels.nn import gan_nets as G
+from genmodels.nn import gan as G
 from genmodels.objectives import gan
 
 R = torch.tensor([2.0, -1.0, 0.5])
@@ -225,23 +225,23 @@ def test_conditional_nets_use_the_label():
             if isinstance(m, G.ConditionalBatchNorm2d):
                 m.gamma.weight.normal_()
         d.embed.weight.normal_()
-    assert not torch.allclose(g(z, y0), g(z, y1))
+    assert not torch.allclose(g(z, {"y": y0}), g(z, {"y": y1}))
     x = torch.randn(2, 1, 28, 28)
     # projection: the label enters only as <embed(y), phi(x)>
     h = d.features(x)
-    torch.testing.assert_close(d(x, y1) - d(x, y0), (h * (d.embed(y1) - d.embed(y0))).sum(1))
+    torch.testing.assert_close(d(x, {"y": y1}) - d(x, {"y": y0}), (h * (d.embed(y1) - d.embed(y0))).sum(1))
     with pytest.raises(ValueError, match="needs labels"):
         g(z)
 
 
 def test_pix2pix_shapes_and_bad_input():
     u, p = G.UNetGenerator(base_channels=8), G.PatchDiscriminator(base_channels=8)
-    cond = torch.randn(2, 1, 28, 28)
+    cond = {"image": torch.randn(2, 1, 28, 28)}
     out = u(cond)
     assert out.shape == (2, 1, 28, 28) and out.abs().max() <= 1
     assert p(out, cond).shape == (2, 1, 7, 7)
     with pytest.raises(ValueError, match=r"\[B, 1, 28, 28\], got \[2, 3, 28, 28\]"):
-        u(torch.randn(2, 3, 28, 28))
+        u({"image": torch.randn(2, 3, 28, 28)})
     with pytest.raises(ConfigError, match="image_size 30"):
         G.DCGenerator(image_size=30)
 
@@ -264,6 +264,6 @@ def test_sobel_edges_of_a_step_and_the_edges_dataset():
     # Sobel x-response at the two columns beside the step is 1 + 2 + 1 = 4: magnitude / 2 saturates
     assert (e[0, 0, :, 2:4] == 1).all() and (e[0, 0, :, :2] == -1).all() and (e[0, 0, :, 4:] == -1).all()
     data = load_dataset("edges:mnist", split="test")
-    assert data.cond.shape == data.x.shape and data.y is not None
+    assert data.cond["image"].shape == data.x.shape and data.y is not None
     batch = next(InfiniteBatches(data, 4, seed=0))
-    torch.testing.assert_close(batch["cond"], sobel_edges(batch["x"]))
+    torch.testing.assert_close(batch["cond"]["image"], sobel_edges(batch["x"]))

@@ -87,7 +87,7 @@ def test_pix2pix_learns_edges_to_mnist(tmp_path):
     from genmodels.data import load_dataset
 
     test = load_dataset("edges:mnist", split="test")
-    out = pipe.translate(test.cond[:64])
+    out = pipe.translate(test.cond["image"][:64])
     err = (out - test.x[:64]).abs().mean().item()
     blank = (-torch.ones_like(test.x[:64]) - test.x[:64]).abs().mean().item()
     assert err < 0.7 * blank, (err, blank)  # better than an all-black guess on unseen digits
@@ -96,7 +96,7 @@ def test_pix2pix_learns_edges_to_mnist(tmp_path):
     # the CLI: an edge-map PNG, and a digit PNG whose edges it takes itself
     from genmodels.images import save_images
 
-    save_images(test.cond[:1], tmp_path / "edges")
+    save_images(test.cond["image"][:1], tmp_path / "edges")
     save_images(test.x[:1], tmp_path / "digit")
     for name, extra in (("edges", []), ("digit", ["--edges"])):
         png = next((tmp_path / name).glob("*.png"))
@@ -158,7 +158,7 @@ def test_conditional_gan_samples_are_their_class_above_chance(tmp_path):
     """mnist-cgan trained 4 minutes: the evaluation CNN reads 1,000 samples (100 per class) as
     their requested class far above the 10 % of chance (3 standard errors: 13 %). Measured:
     19.8 % (docs/BENCHMARKS.md)."""
-    from genmodels.metrics.protocol import evaluate_run
+    from genmodels.evaluation import evaluate_run
 
     train(load_config("mnist-cgan", ["train.minutes=4", "train.device=cpu"]), tmp_path / "run")
     result = evaluate_run(tmp_path / "run", metrics="cacc", n=1000, seeds=[0], progress=False)

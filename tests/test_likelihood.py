@@ -24,7 +24,7 @@ def test_ode_likelihood_of_gaussian_data_matches_the_closed_form():
     cov = torch.tensor([[0.5, 0.2], [0.2, 0.3]], dtype=torch.float64)
     eye = torch.eye(2, dtype=torch.float64)
 
-    def denoiser(x, sigma):
+    def denoiser(x, sigma, cond=None):
         gain = cov @ torch.linalg.inv(cov + float(sigma) ** 2 * eye)  # E[x0 | x] = mu + gain (x - mu)
         return mu + (x - mu) @ gain.T
 
@@ -42,7 +42,7 @@ def test_ode_likelihood_with_hutchinson_trace_in_high_dimension():
     d = 50
     scales = torch.linspace(0.2, 1.0, d, dtype=torch.float64)
 
-    def denoiser(x, sigma):
+    def denoiser(x, sigma, cond=None):
         return x * scales**2 / (scales**2 + float(sigma) ** 2)
 
     x = torch.randn(4, d, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * scales
@@ -71,7 +71,7 @@ def test_discretized_gaussian_matches_scipy_and_sums_to_one():
     assert logp.exp().sum().item() == pytest.approx(1.0, abs=1e-9)
 
 
-def _toy_denoiser(x, sigma):
+def _toy_denoiser(x, sigma, cond=None):
     """Not the exact denoiser of anything: the bound must hold for any model."""
     return torch.tanh(0.7 * x) / (1 + 0.3 * float(sigma))
 
@@ -135,7 +135,7 @@ def test_ddpm_bound_step_subset_is_unbiased():
 def test_ddpm_bound_on_mnist_is_finite_and_falls_with_training(tmp_path, tiny_mnist_overrides):
     from genmodels.config import load_config
     from genmodels.data import load_dataset
-    from genmodels.pipeline import load
+    from genmodels import load
     from genmodels.train.run import train
 
     x = load_dataset("mnist", split="test").x[:8].double()

@@ -87,7 +87,7 @@ def test_unet_class_label_changes_output_and_none_is_null_class():
     model = perturbed(UNet(**SMALL, num_classes=10))
     x = torch.randn(1, 1, 14, 14).expand(3, -1, -1, -1)
     c_noise = torch.full((3,), 300.0)
-    out = model(x, c_noise, torch.tensor([0, 7, 10]))
+    out = model(x, c_noise, {"y": torch.tensor([0, 7, 10])})
     assert not torch.allclose(out[0], out[1], atol=1e-4)
     assert torch.allclose(model(x, c_noise), out[2].expand(3, -1, -1, -1), atol=1e-6)
 
@@ -110,7 +110,7 @@ def test_unet_channels_last_matches_contiguous():
 
 def test_gradients_reach_first_layer():
     model = perturbed(UNet(**SMALL, num_classes=3)).train()
-    model(torch.randn(2, 1, 14, 14), torch.rand(2) * 1000, torch.tensor([0, 2])).square().mean().backward()
+    model(torch.randn(2, 1, 14, 14), torch.rand(2) * 1000, {"y": torch.tensor([0, 2])}).square().mean().backward()
     assert model.conv_in.weight.grad.abs().sum() > 0
     assert model.time_embed[0].weight.grad.abs().sum() > 0
     assert model.class_embed.weight.grad.abs().sum() > 0
@@ -150,8 +150,8 @@ def test_unet_wrong_input_shape_names_expected_and_got(shape):
 
 
 def test_unet_labels_for_unconditional_net_is_an_error():
-    with pytest.raises(ValueError, match="network is unconditional; build it with num_classes"):
-        UNet(**SMALL)(torch.randn(2, 1, 14, 14), torch.zeros(2), torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match=r"given conditioning \['y'\] it does not read \(it reads none\)"):
+        UNet(**SMALL)(torch.randn(2, 1, 14, 14), torch.zeros(2), {"y": torch.tensor([1, 2])})
 
 
 def test_unet_wrong_c_noise_shape_is_an_error():
@@ -164,7 +164,7 @@ def test_mlp_shapes_conditioning_and_zero_init():
     assert torch.equal(MLP()(x, torch.rand(5)), torch.zeros(5, 2))
     model = perturbed(MLP(dim=3, hidden=32, depth=2, num_classes=4))
     x = torch.randn(1, 3).expand(3, -1)
-    out = model(x, torch.tensor([1.0, 500.0, 500.0]), torch.tensor([4, 4, 1]))
+    out = model(x, torch.tensor([1.0, 500.0, 500.0]), {"y": torch.tensor([4, 4, 1])})
     assert out.shape == (3, 3)
     assert not torch.allclose(out[0], out[1], atol=1e-4)  # noise level matters
     assert not torch.allclose(out[1], out[2], atol=1e-4)  # class matters

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from genmodels.diffusion import DiscreteDDPM, NetDenoiser, PARAMETERIZATIONS, sigma_grid
-from genmodels.pipeline import generate
+from genmodels.samplers import generate
 from genmodels.samplers import SeededNoise, sample_ddim, sample_ddpm, sample_euler
 
 MU, S = 0.5, 0.3  # data ~ N(MU, S^2) per coordinate
 
 
-def gaussian_denoiser(x, sigma, **cond):
+def gaussian_denoiser(x, sigma, cond=None):
     """Exact E[x0 | x] for Gaussian data in VE coordinates: mu + s^2 / (s^2 + sigma^2) (x - mu)."""
     sigma = torch.as_tensor(sigma, dtype=x.dtype)
     return MU + S**2 / (S**2 + sigma**2) * (x - MU)
@@ -81,7 +81,7 @@ class TinyEpsNet(torch.nn.Module):
         self.w1 = torch.nn.Parameter(torch.randn(8, 1, 3, 3, generator=g, dtype=torch.float64) * 0.3)
         self.w2 = torch.nn.Parameter(torch.randn(1, 8, 3, 3, generator=g, dtype=torch.float64) * 0.3)
 
-    def forward(self, x, t, y=None):
+    def forward(self, x, t, cond=None):
         h = torch.nn.functional.conv2d(x, self.w1, padding=1)
         h = torch.tanh(h + torch.sin(t / 100.0).reshape(-1, 1, 1, 1))
         return torch.nn.functional.conv2d(h, self.w2, padding=1)

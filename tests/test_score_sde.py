@@ -129,7 +129,7 @@ MU = torch.tensor([0.5, -0.3], dtype=F64)
 COV = torch.tensor([[0.6, 0.25], [0.25, 0.4]], dtype=F64)
 
 
-def gaussian_denoiser(x, sigma):
+def gaussian_denoiser(x, sigma, cond=None):
     """E[x0 | x] for data N(MU, COV) observed as x = x0 + sigma z."""
     sigma = torch.as_tensor(sigma, dtype=F64)
     s2 = (sigma.reshape(-1, 1, 1) if sigma.ndim else sigma) ** 2

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 import genmodels
 from genmodels.config import load_config
 from genmodels.errors import CheckpointError, TrainingDiverged
-from genmodels.pipeline import generate
+from genmodels.samplers import generate
 from genmodels.train import Phase, Trainer
 from genmodels.train.checkpoint import atomic_write
 from genmodels.train.run import prepare, train

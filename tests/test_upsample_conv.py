@@ -97,7 +97,7 @@ def test_unet_equals_textbook_upsampling():
 
     def run():
         net.zero_grad()
-        out = net(x, t, y)
+        out = net(x, t, {"y": y})
         (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
         return out.detach(), x.grad.clone(), {n: p.grad.clone() for n, p in net.named_parameters()}
 

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from .errors import ConfigError
 
-__all__ = ["COND_KEYS", "CondKey", "as_cond", "batch_size", "cat", "check_keys", "check_reads", "drop", "index",
+__all__ = ["COND_KEYS", "CondKey", "as_cond", "batch_size", "call_net", "cat", "check_keys", "check_reads", "drop", "index",
            "map_values", "null_value", "nulled", "select", "where"]
 
 
@@ -78,6 +78,12 @@ def check_keys(keys, *, where: str) -> None:
     unknown = sorted(set(keys) - set(COND_KEYS))
     if unknown:
         raise ConfigError(f"{where}: unknown conditioning key(s) {unknown}; known: {', '.join(COND_KEYS)}")
+
+
+def call_net(net, x, c_noise, cond):
+    """``net(x, c_noise, cond)``, or ``net(x, c_noise)`` when there is no conditioning: a network
+    that reads none need not take the argument."""
+    return net(x, c_noise, cond) if cond else net(x, c_noise)
 
 
 def check_reads(cond: dict | None, reads, *, who: str) -> dict:

@@ -291,6 +291,7 @@ def to_dict(cfg: Config) -> dict:
 
 
 def from_dict(values: dict) -> Config:
+    _load_plugins()  # the registered sections must be known before the values are read
     return validate(_build(Config, values, ""))
 
 

@@ -9,6 +9,8 @@ any parameterization becomes one through ``NetDenoiser``.
 import torch
 from torch import nn
 
+from ..cond import call_net
+
 
 def expand_like(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """[B] or scalar -> [B, 1, 1, ...] broadcasting against x, in x's dtype and device."""
@@ -37,7 +39,8 @@ class NetDenoiser(nn.Module):
         alpha = expand_like(alpha64, x)
         x_t = x * alpha
         sigma_t = expand_like(alpha64 * sigma, x)
-        out = self.net(self.param.scale_input(x_t, alpha=alpha, sigma=sigma_t), self.path.c_noise(t).to(x.dtype), cond)
+        out = call_net(self.net, self.param.scale_input(x_t, alpha=alpha, sigma=sigma_t), self.path.c_noise(t).to(x.dtype),
+                       cond)
         return self.param.denoised(out, x_t=x_t, alpha=alpha, sigma=sigma_t)
 
 

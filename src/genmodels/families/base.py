@@ -103,7 +103,7 @@ class SampleOption:
             raise ConfigError(f"{self.cli_flag} '{text}' is not {want}") from None
         choices = tuple(self.choices() if callable(self.choices) else self.choices)
         if self.type == "choice" and text not in choices:
-            raise ConfigError(f"{self.cli_flag} '{text}' is not one of {', '.join(choices)}")
+            raise ConfigError(f"unknown {self.name} '{text}' ({self.cli_flag}); allowed: {', '.join(choices)}")
         return text
 
 

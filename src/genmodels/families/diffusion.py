@@ -264,7 +264,8 @@ class Pipeline(PipelineBase):
             labels = None
         cond = self.conditioning(n, labels=labels, cond=cond)
         if (guidance != 1.0 or classifier is not None) and "y" not in cond and "text" not in cond:
-            raise ConfigError("guidance needs a condition: pass labels (CLI: --class K or --class all)")
+            raise ConfigError("guidance needs class labels (or another condition to guide on): pass labels "
+                              "(CLI: --class K or --class all)")
         denoiser = self.denoiser
         if guidance != 1.0:
             keys = guidance_keys if guidance_keys is not None else [k for k in ("y", "text") if k in cond]

@@ -146,13 +146,13 @@ def evaluate(pipe, *, run_dir=None, metrics=None, n=5000, seeds=(0, 1, 2), sampl
         protocol.update(nll_n=nll_n, **nll_settings)
 
     sample_metrics = [m for m in metrics if "samples" in METRICS[m].needs]
-    if images and sample_metrics:
+    if images and needs(sample_metrics, "features"):
         # image-to-image pairs (edges:mnist) make images of the underlying set: judge against it
         target = cfg.data.name.removeprefix("edges:")
         net, reference = _image_reference(target, features, progress)
         protocol.update(features=net.name, reference=f"{target} {REFERENCE_SPLITS.get(target)} "
                                                       f"({len(reference)} images)")
-    elif sample_metrics:  # toy 2-D
+    elif sample_metrics and not images:  # toy 2-D
         dist = TOY_DISTRIBUTIONS[cfg.data.name]
         reference = load_dataset(cfg.data.name, split="test", n_points=n, seed=0).x
         protocol.update(reference=f"{cfg.data.name}: {n} fresh points (test stream, seed 0)")
@@ -173,7 +173,7 @@ def evaluate(pipe, *, run_dir=None, metrics=None, n=5000, seeds=(0, 1, 2), sampl
             inputs.fake_features, inputs.fake_logits = net.features_and_logits(inputs.samples, progress=progress)
             inputs.real_features, inputs.fd_name = reference, f"fd_{net.tag}"
             timings["features"] = timings.get("features", 0.0) + time.perf_counter() - start
-        elif sample_metrics:
+        elif sample_metrics and not images:
             inputs.reference, inputs.dist = reference, dist
         per_seed.append(compute(metrics, inputs, timings=timings))
     mean, std = summarize(per_seed)

@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 
-from ..cond import drop
+from ..cond import call_net, drop
 from .couplings import couple
 
 
@@ -39,7 +39,7 @@ class DiffusionObjective:
             noise = couple(x0, noise, self.coupling, generator=generator)
         x_t, alpha, sigma = self.path.add_noise(x0, noise, t)
         cond = drop(batch.get("cond"), self.cond_dropout, self.null, generator=generator)
-        out = net(self.param.scale_input(x_t, alpha=alpha, sigma=sigma), self.path.c_noise(t).to(x0.dtype), cond)
+        out = call_net(net, self.param.scale_input(x_t, alpha=alpha, sigma=sigma), self.path.c_noise(t).to(x0.dtype), cond)
         target = self.param.target(x0=x0, noise=noise, alpha=alpha, sigma=sigma)
         loss = (out.float() - target.float()).square().flatten(1).mean(1)
         if self.min_snr_gamma is not None:
