@@ -221,7 +221,7 @@ class VAEPipeline(PipelineBase):
              progress: bool = False) -> IWAEBound:
         """The IWAE_k bound of held-out images ``x`` (binarized or dequantized as the likelihood
         needs: Bernoulli by its fixed evaluation draw, Gaussian by ``generator``)."""
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
         x = self._check(x)
         if self.likelihood.name == "bernoulli":
@@ -229,7 +229,7 @@ class VAEPipeline(PipelineBase):
         else:
             target = self.likelihood.target(x.cpu(), generator=generator).to(self.device)
         parts = []
-        for start in tqdm(range(0, len(x), batch_size), desc=f"IWAE k={k}", disable=not progress, leave=False):
+        for start in progress_bar(range(0, len(x), batch_size), desc=f"IWAE k={k}", disable=not progress, leave=False):
             parts.append(iwae_bound(self.net, self.likelihood, target[start:start + batch_size], k, generator=generator))
         return IWAEBound(torch.cat([p.log_px for p in parts]).cpu(), torch.cat([p.elbo for p in parts]).cpu(), k)
 

@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..data import Dataset, InfiniteBatches, load_dataset
 from ..errors import DataError
+from ..progress import progress_bar
 from ..train.checkpoint import atomic_write
 from ..paths import cache_dir
 
@@ -141,7 +141,7 @@ class FeatureNet:
         device = next(self.module.parameters(), torch.empty(0)).device
         out = []
         batches = range(0, len(x), self.batch_size)
-        for i in tqdm(batches, desc=f"{self.name} {what}", disable=not progress, leave=False):
+        for i in progress_bar(batches, desc=f"{self.name} {what}", disable=not progress, leave=False):
             out.append(fn(self.prepare(x[i:i + self.batch_size].to(device))).float().cpu())
         return torch.cat(out) if out else torch.empty(0)
 
@@ -203,8 +203,8 @@ def build_feature_cnn(dataset: str, *, progress=True) -> tuple[FeatureCNN, dict]
     # cosine decay to 0: the last epochs settle, which a small test set rewards
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / steps)))
     net.train()
-    for _ in tqdm(range(steps), desc=f"training the {dataset} feature CNN", disable=not progress,
-                  leave=False, mininterval=1.0):
+    for _ in progress_bar(range(steps), desc=f"training the {dataset} feature CNN", disable=not progress,
+                          leave=False, mininterval=1.0):
         batch = next(batches)
         x = random_affine(batch["x"], recipe, generator=augment_rng)
         loss = F.cross_entropy(net(x), batch["cond"]["y"])

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy.integrate import solve_ivp
-from tqdm.auto import tqdm
 
 from ..errors import DataError
+from ..progress import progress_bar
 
 __all__ = ["BIN_WIDTH", "dequantize", "bits_per_dim", "discretized_gaussian_log_likelihood",
            "normal_kl", "ddpm_vlb", "DDPMBound", "ode_log_likelihood", "ODELikelihood",
@@ -145,7 +145,7 @@ def ddpm_vlb(denoiser, path, x0, *, cond=None, steps=None, clip_denoised=True, g
             raise DataError(f"steps must lie in 1..{T - 1} for a {T}-step DDPM, got {steps}")
         visit, scale = torch.randperm(T - 1, generator=g)[:steps] + 1, (T - 1) / steps
     diffusion = torch.zeros(len(x0), dtype=torch.float64)
-    for n in tqdm(visit.tolist(), desc="DDPM bound", disable=not progress, leave=False):
+    for n in progress_bar(visit.tolist(), desc="DDPM bound", disable=not progress, leave=False):
         x_t = sample_q(n)
         true_mean = posterior_mean(x0, x_t, n)
         model_mean = posterior_mean(denoise(x_t, n), x_t, n)
@@ -212,7 +212,7 @@ def ode_log_likelihood(denoiser, x, *, sigma_min, sigma_max, prior_log_prob=None
     probe = (torch.randint(0, 2, (probes, *shape), generator=g) * 2 - 1).to(dtype) if not exact else None
     nfe = 0
     u0, u1 = math.log(sigma_min), math.log(sigma_max)
-    bar = tqdm(total=1000, desc="ODE likelihood", disable=not progress, leave=False)
+    bar = progress_bar(total=1000, desc="ODE likelihood", disable=not progress, leave=False)
 
     def rhs(u, state):
         nonlocal nfe

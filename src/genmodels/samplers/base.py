@@ -11,7 +11,8 @@ pixels, noised to ``sigma``); it may report progress; it cancels by raising ``Sa
 import math
 
 import torch
-from tqdm.auto import tqdm
+
+from ..progress import progress_bar
 
 from ..errors import GenmodelsError
 
@@ -40,7 +41,7 @@ def sample_loop(step, denoiser, x, sigmas, *, cond=None, churn=None, callback=No
     # Kept on the CPU: 0-dim CPU tensors act as scalars on any device, and branching on them
     # (sigma_up > 0) costs no host sync in the loop.
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
-    for i in tqdm(range(len(sigmas) - 1), desc=desc, disable=not progress, leave=False):
+    for i in progress_bar(range(len(sigmas) - 1), desc=desc, disable=not progress, leave=False):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         if churn is not None:
             x, sigma = churn(x, sigma)

@@ -5,8 +5,8 @@ Eq. 3 with s(t) = 1, sigma(t) = t): Euler, Heun (EDM Algorithm 2) and an adaptiv
 import math
 
 import torch
-from tqdm.auto import tqdm
 
+from ..progress import progress_bar
 from .base import after_step, edm_churn, sample_loop, to_d
 
 
@@ -88,7 +88,7 @@ def sample_rk45(denoiser, x, sigmas, *, rtol=1e-3, atol=1e-3, first_step=None, m
 
     h = -(first_step if first_step is not None else (u - u_end) / max(len(nonzero) - 1, 1))
     k1 = f(x, u)
-    bar = tqdm(total=u - u_end, desc="sampling (rk45)", disable=not progress, leave=False)
+    bar = progress_bar(total=u - u_end, desc="sampling (rk45)", disable=not progress, leave=False)
     while u > u_end + 1e-12 and accepted + rejected < max_steps:
         h = max(h, u_end - u)  # h < 0: never step past the end
         ks = [k1]

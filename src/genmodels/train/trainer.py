@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from ..data import derive_seed
 from ..errors import CheckpointError, GenmodelsError, TrainingDiverged
+from ..progress import Budget, TrainingProgress
 from . import checkpoint
 from .distributed import Dist
 
@@ -206,7 +207,7 @@ class Trainer:
         if self.dist.is_main:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
-        bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{img_s:.0f}")
+        bar.set_postfix(loss=f"{loss:.4f}")
         return stop
 
     def _reduce(self, sums: "_Sums", wants_stop=False) -> tuple[float, dict, bool]:
@@ -243,9 +244,8 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         for m in self.modules.values():
             m.train()
-        deadline = time.monotonic() + 60 * cfg.minutes if cfg.minutes else math.inf
-        bar = tqdm(total=cfg.images, initial=self.progress.images_seen, unit="img", unit_scale=True,
-                   desc="training", dynamic_ncols=True, mininterval=1.0, disable=not dist.is_main)
+        budget = Budget(cfg.images, cfg.minutes)  # the minutes count from now, in each process
+        bar = TrainingProgress(budget, self.progress.images_seen, disable=not dist.is_main)
         restore = self._install_sigint()
         sums = _Sums(self.device)
         start, start_images = time.monotonic(), self.progress.images_seen
@@ -254,7 +254,7 @@ class Trainer:
                 sums.add(self.step(), self.last_logs)
                 bar.update(self.images_per_step)
                 # A single process stops at once; ranks agree on stopping at the next log row.
-                wants_stop = self._stop_requested or time.monotonic() >= deadline
+                wants_stop = self._stop_requested or budget.time_up()
                 stop = False
                 if self._due("log", cfg.log_every_images) or (wants_stop and not dist.enabled):
                     stop = self._log_interval(sums, start, start_images, bar, wants_stop)
