@@ -79,6 +79,21 @@ def test_corrupt_image_file(tmp_path, capsys):
     assert_one_line_error(code, err, "broken.png")
 
 
+def test_data_show_skips_unreadable_images_only_when_asked(tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(folder / "good.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    args = ["data", "show", f"folder:{folder}", "--image-size", "16", "--out", tmp_path / "g.png"]
+    code, _, err = run_cli(args, capsys)
+    assert_one_line_error(code, err, "unreadable image", "broken.png", "delete or replace the file",
+                          "data.skip_bad=true", "genmodels data show --skip-bad", "skip_bad=True")
+    with pytest.warns(UserWarning, match="broken.png"):
+        code, out, err = run_cli(args + ["--skip-bad"], capsys)
+    assert code == 0, err
+    assert "1 items of shape (3, 16, 16)" in out and (tmp_path / "g.png").is_file()
+
+
 def test_bad_sampler_name(trained_run, tmp_path, capsys):
     code, _, err = run_cli(["sample", trained_run, "--sampler", "magic", "--out", tmp_path / "g.png"], capsys)
     assert_one_line_error(code, err, "unknown sampler 'magic'", "ddim")
