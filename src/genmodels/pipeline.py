@@ -16,7 +16,7 @@ from .diffusion import sigma_grid
 from .errors import CheckpointError, ConfigError
 from .diffusion.guidance import CFGDenoiser, ClassifierGuidance, DynamicThresholding, NoisyClassifierOnVE
 from .samplers import SeededNoise, run_sampler
-from .train.checkpoint import load_weights
+from .train.checkpoint import check_weights_file, check_weights_files, load_weights
 from .train.distributed import Dist
 
 
@@ -179,9 +179,10 @@ def load_run(run_dir, *, device="auto", weights="ema", family=None, channels_las
         raise ConfigError(f"'{run_dir}' holds a {cfg.family} run, not a {family}; {hint}")
     if weights not in WEIGHT_FILES:
         raise ConfigError(f"weights must be one of {', '.join(WEIGHT_FILES)}, got '{weights}'")
+    check_weights_files(run_dir / name for name in WEIGHT_FILES.values())  # damaged ones, read or not
     modules = get_family(cfg.family).build(cfg, cfg.model.options)
     if weights == "ema":  # modules without an EMA (a GAN's discriminator) keep their raw weights
-        averaged = {k.split(".", 1)[0] for k in safe_open_keys(run_dir / WEIGHT_FILES["ema"])}
+        averaged = {k.split(".", 1)[0] for k in check_weights_file(run_dir / WEIGHT_FILES["ema"])}
         load_weights({k: m for k, m in modules.items() if k in averaged}, run_dir / WEIGHT_FILES["ema"])
         rest = {k: m for k, m in modules.items() if k not in averaged}
         if rest:
@@ -197,16 +198,6 @@ def load_run(run_dir, *, device="auto", weights="ema", family=None, channels_las
     for module in modules.values():
         module.to(device=device, memory_format=memory_format).eval().requires_grad_(False)
     return LoadedRun(run_dir, record, cfg, modules, device)
-
-
-def safe_open_keys(path) -> list[str]:
-    """The tensor names in a safetensors file, without reading the tensors."""
-    from safetensors import safe_open
-
-    if not Path(path).is_file():
-        raise CheckpointError(f"weights file '{path}' is missing")
-    with safe_open(str(path), framework="pt") as f:
-        return list(f.keys())
 
 
 def load_classifier(run_dir, *, device="auto", weights="ema"):
