@@ -4,7 +4,7 @@
 - network: the ``mnist-ddpm`` UNet in channels_last under ``torch.inference_mode``, as
   ``genmodels.load`` sets it up; random weights with a non-zero output layer, or a trained
   run's EMA weights with ``--run``.
-- ours: ``genmodels.pipeline.generate(sampler="ddim", steps=50)``: per-sample seeded noise, the
+- ours: ``genmodels.samplers.generate(sampler="ddim", steps=50)``: per-sample seeded noise, the
   ``NetDenoiser`` adapter (VE coordinates), DDIM with eta = 0.
 - peer: diffusers' ``DDIMScheduler`` (cosine betas, v-prediction, leading spacing) stepping
   ``x = scheduler.step(net(x, t), t, x).prev_sample``, as their pipelines do.
@@ -29,7 +29,7 @@ import torch
 
 from genmodels import build, load
 from genmodels.config import load_config
-from genmodels.pipeline import generate
+from genmodels.samplers import generate
 from genmodels.samplers import SeededNoise
 
 N, STEPS, SHAPE = 64, 50, (1, 28, 28)

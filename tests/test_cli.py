@@ -1,5 +1,7 @@
 """The command line: outputs in each form, and one clear line (no traceback) for bad input."""
 
+import shutil
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -77,6 +79,66 @@ def test_corrupt_image_file(tmp_path, capsys):
     code, _, err = run_cli(["train", "mnist-ddpm", f"data.name=folder:{folder}", "data.image_size=16",
                             "--out", tmp_path / "r"], capsys)
     assert_one_line_error(code, err, "broken.png")
+
+
+def test_data_show_skips_unreadable_images_only_when_asked(tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(folder / "good.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    args = ["data", "show", f"folder:{folder}", "--image-size", "16", "--out", tmp_path / "g.png"]
+    code, _, err = run_cli(args, capsys)
+    assert_one_line_error(code, err, "unreadable image", "broken.png", "delete or replace the file",
+                          "data.skip_bad=true", "genmodels data show --skip-bad", "skip_bad=True")
+    with pytest.warns(UserWarning, match="broken.png"):
+        code, out, err = run_cli(args + ["--skip-bad"], capsys)
+    assert code == 0, err
+    assert "1 items of shape (3, 16, 16)" in out and (tmp_path / "g.png").is_file()
+
+
+def _damage(path, how):
+    """Cut a file inside its header or its data, empty it, or replace it by text."""
+    raw = path.read_bytes()
+    header_end = 8 + int.from_bytes(raw[:8], "little") if path.suffix == ".safetensors" else 64
+    path.write_bytes({"header": raw[:header_end // 2], "data": raw[:(header_end + len(raw)) // 2], "empty": b"",
+                      "text": b"some notes, saved under the wrong name\n"}[how])
+
+
+DAMAGE = ["header", "data", "empty", "text"]
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+@pytest.mark.parametrize("name", ["model.safetensors", "ema.safetensors"])
+def test_damaged_weights_are_named_in_one_line(trained_run, tmp_path, capsys, name, how):
+    """Sampling reads ema.safetensors, yet a damaged model.safetensors is reported too."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    _damage(run / name, how)
+    for weights in ("ema", "model"):
+        code, _, err = run_cli(["sample", run, "--n", "2", "--steps", "2", "--weights", weights,
+                                "--out", tmp_path / "g.png"], capsys)
+        assert code == 2
+        assert_one_line_error(code, err, f"error: {run / name} is damaged (truncated or not a safetensors file",
+                              "restore it from a copy or retrain")
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+def test_damaged_training_state_is_named_on_resume(trained_run, tmp_path, capsys, how):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    _damage(run / "state.pt", how)
+    code, _, err = run_cli(["train", "--resume", "--out", run, "train.images=48"], capsys)
+    assert code == 2
+    assert_one_line_error(code, err, f"error: {run / 'state.pt'} is damaged", "restore it from a copy")
+
+
+def test_damaged_weights_are_named_on_resume(trained_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    _damage(run / "ema.safetensors", "data")
+    code, _, err = run_cli(["train", "--resume", "--out", run, "train.images=48"], capsys)
+    assert code == 2
+    assert_one_line_error(code, err, f"error: {run / 'ema.safetensors'} is damaged")
 
 
 def test_bad_sampler_name(trained_run, tmp_path, capsys):

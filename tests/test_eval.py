@@ -5,9 +5,11 @@ import json
 import os
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from genmodels.config import load_config
 from genmodels.data import load_dataset
@@ -58,6 +60,23 @@ def test_digits_feature_cnn_is_deterministic_cached_and_rebuilt_when_stale(monke
     monkeypatch.setattr(features, "data_hash", lambda dataset: "changed data")
     feature_net("digits", progress=False)
     assert built == [1]
+
+
+def test_a_damaged_feature_cnn_file_is_rebuilt_in_the_cache_and_named_elsewhere(monkeypatch, tmp_path):
+    import genmodels.metrics.features as features
+
+    monkeypatch.setenv("GENMODELS_CACHE", str(tmp_path))
+    net = features.FeatureCNN(image_size=8)
+    monkeypatch.setattr(features, "build_feature_cnn",
+                        lambda *a, **k: (net, {"test_accuracy": 0.99, "data_sha256": "x", "config": net.config}))
+    cached = feature_cnn_path("digits")
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"cut")
+    assert feature_net("digits", progress=False).module is net
+    assert _read_info(cached)["data_sha256"] == "x"  # rewritten
+    (tmp_path / "mine.safetensors").write_bytes(cached.read_bytes()[:100])
+    with pytest.raises(DataError, match="mine.safetensors is not a genmodels feature CNN file"):
+        feature_net(str(tmp_path / "mine.safetensors"), progress=False)
 
 
 def test_a_feature_cnn_below_its_accuracy_target_is_refused(monkeypatch, tmp_path):
@@ -171,6 +190,81 @@ def test_eval_image_sets_from_npz_and_folder(tmp_path, capsys):
     assert "features: digits-CNN" in out and "kid" in out
 
 
+def _rgb(x, size):
+    """Gray images [N, 1, H, W] as RGB [N, 3, size, size] whose channels differ."""
+    x = F.interpolate(x, size=(size, size), mode="nearest")
+    return torch.cat([x, x.flip(3), -x], dim=1)
+
+
+def _luma_then_resize_by_pil(x, size):
+    """The conversion --convert promises, computed independently: luma by its ITU-R 601 formula,
+    then PIL's bilinear resize (antialiased when shrinking) of float images."""
+    luma = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+    resized = [np.asarray(Image.fromarray(image.numpy()).resize((size, size), Image.Resampling.BILINEAR))
+               for image in luma]
+    return torch.from_numpy(np.stack(resized))[:, None]
+
+
+def test_eval_refuses_images_of_another_shape_before_building_the_network(tmp_path, capsys, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("the feature CNN was trained before the shapes were checked")
+
+    monkeypatch.setattr("genmodels.metrics.features.build_feature_cnn", no_training)
+    rgb = _rgb(load_dataset("mnist", split="test").x[:20], 32)
+    save_npz(rgb, tmp_path / "rgb.npz")
+    save_npz(rgb[:, :1, :28, :28], tmp_path / "gray.npz")
+    code, _, err = run_cli(["eval", "--real", tmp_path / "rgb.npz", "--fake", tmp_path / "rgb.npz",
+                            "--features", "mnist"], capsys)
+    assert code == 2
+    assert_one_line_error(code, err, "real and fake images are 3x32x32 but mnist-CNN takes 1x28x28",
+                          "pass --convert", "RGB -> ITU-R 601 luma, antialiased bilinear resize to 28x28",
+                          "--features FILE")
+    code, _, err = run_cli(["eval", "--real", tmp_path / "gray.npz", "--fake", tmp_path / "rgb.npz",
+                            "--features", "mnist"], capsys)
+    assert_one_line_error(code, err, "fake images are 3x32x32 but mnist-CNN takes 1x28x28")
+    code, _, err = run_cli(["eval", tmp_path, "--convert"], capsys)
+    assert_one_line_error(code, err, "--convert is for --real/--fake")
+
+
+def test_eval_convert_scores_equal_converting_by_hand(tmp_path, capsys):
+    from genmodels.images import load_image_set
+    from genmodels.metrics import compare_images
+
+    digits = load_dataset("digits", split="test").x
+    save_npz(_rgb(digits, 16), tmp_path / "real.npz")
+    save_npz(_rgb(digits.flip(2), 16), tmp_path / "fake.npz")
+    args = ["eval", "--real", tmp_path / "real.npz", "--fake", tmp_path / "fake.npz", "--features", "digits",
+            "--metrics", "fd_cnn,kid,prdc,cs", "--convert"]
+    code, out, err = run_cli(args + ["--json"], capsys)
+    assert code == 0, err
+    converted = json.loads(out)
+    assert converted["converted"] == ("converted real and fake images 3x16x16 -> 1x8x8 (RGB -> ITU-R 601 "
+                                      "luma, antialiased bilinear resize to 8x8) for digits-CNN")
+    by_hand = compare_images(*(_luma_then_resize_by_pil(load_image_set(tmp_path / f), 8)
+                               for f in ("real.npz", "fake.npz")),
+                             features="digits", metrics=["fd_cnn", "kid", "prdc", "cs"], progress=False)
+    assert by_hand["converted"] is None
+    for key in ("fd_cnn", "kid", "precision", "recall", "density", "coverage", "cs"):
+        assert converted[key] == pytest.approx(by_hand[key], rel=1e-4, abs=1e-6), key
+    assert converted["fd_cnn"] > 1  # the mirrored digits are far apart, so the equality is not vacuous
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert out.splitlines()[0] == converted["converted"]
+
+
+def test_runs_of_resized_rgb_data_are_evaluated_by_the_protocols_conversion(tmp_path, capsys):
+    """The run's own dataset at another size and channel count than its CNN's is converted
+    without asking, in the trainer's proxy rows and in genmodels eval."""
+    run = tmp_path / "rgb16"
+    train(load_config("mnist-ddpm", TINY_DIGITS + ["data.channels=3", "data.image_size=16"]), run)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["images"] for r in rows if r.get("eval") == "proxy"] == [32, 64]
+    code, out, err = run_cli(["eval", run, "--n", "20", "--seeds", "0", "--metrics", "fd_cnn,kid",
+                              "--no-log", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["fd_cnn"] > 0
+
+
 def test_eval_errors_are_one_line(tmp_path, digits_run, capsys):
     save_npz(torch.zeros(4, 1, 28, 28), tmp_path / "mnistlike.npz")
     cases = [
@@ -213,8 +307,10 @@ def test_torchscript_feature_networks(tmp_path):
     with warnings.catch_warnings():  # torch 2.x deprecates TorchScript; the Inception exports use it
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.jit.script(_InceptionStandIn()).save(str(tmp_path / "inception-2015-12-05.pt"))
+    with pytest.raises(DataError, match="images are 1x8x8 but Inception .* takes 3x299x299; pass --convert"):
+        compare_images(real, fake, features=str(tmp_path / "inception-2015-12-05.pt"), progress=False)
     scores = compare_images(real, fake, features=str(tmp_path / "inception-2015-12-05.pt"),
-                            metrics=["fd_cnn", "kid"], progress=False)
+                            metrics=["fd_cnn", "kid"], convert=True, progress=False)
     assert scores["features"].startswith("Inception") and scores["fd_inception"] > 0
     # any other TorchScript file must say what input size it takes
     other = tmp_path / "other.pt"

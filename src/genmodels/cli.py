@@ -184,11 +184,12 @@ def data():
 @click.option("--split", default="train", show_default=True)
 @click.option("--image-size", default=None, type=int)
 @click.option("--channels", default=None, type=int)
-def show(name, out, n, split, image_size, channels):
+@click.option("--skip-bad", is_flag=True, help="Image folders: skip unreadable files with a warning.")
+def show(name, out, n, split, image_size, channels, skip_bad):
     from .data import load_dataset
     from .images import save_grid, scatter_plot
 
-    ds = load_dataset(name, split=split, image_size=image_size, channels=channels)
+    ds = load_dataset(name, split=split, image_size=image_size, channels=channels, skip_bad=skip_bad)
     out = out or Path(f"{name.replace(':', '_').replace('/', '_')}.png")
     if ds.kind == "points":
         scatter_plot(ds.x[: max(n, 2000)], out, title=name)

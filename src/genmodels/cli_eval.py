@@ -70,6 +70,8 @@ def _seeds(text: str) -> list[int]:
 @click.option("--fake", type=click.Path(path_type=Path), default=None, help="Generated images: folder or .npz.")
 @click.option("--features", default=None,
               help="mnist | fashion | digits | FILE (.safetensors feature CNN or TorchScript).")
+@click.option("--convert", is_flag=True, help="--real/--fake: convert images of another shape than the "
+                                               "feature network's (resize, RGB <-> gray); refused otherwise.")
 @click.option("--sampler", default=None, help="Default: the run's sample.sampler.")
 @click.option("--steps", default=None, type=int, help="Default: the run's sample.steps.")
 @click.option("--eta", default=None, type=float)
@@ -86,16 +88,19 @@ def _seeds(text: str) -> list[int]:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object, metrics at the top level.")
 @click.option("--no-log", is_flag=True, help="Do not append to the run's metrics.jsonl.")
-def run(run_dir, metrics, n, seeds, real, fake, features, sampler, steps, eta, weights, nll_n,
+def run(run_dir, metrics, n, seeds, real, fake, features, convert, sampler, steps, eta, weights, nll_n,
         nll_steps, nll_method, nll_k, batch_size, device, as_json, no_log):
     if (real is None) != (fake is None):
         raise ConfigError("give both --real and --fake, or a RUN_DIR")
     if real is not None:
         if run_dir is not None:
             raise ConfigError("give either a RUN_DIR or --real/--fake, not both")
-        return _compare(real, fake, features, metrics, as_json)
+        return _compare(real, fake, features, metrics, as_json, convert=convert)
     if run_dir is None:
         raise ConfigError("give a RUN_DIR, or --real DIR_OR_NPZ --fake DIR_OR_NPZ")
+    if convert:
+        raise ConfigError("--convert is for --real/--fake image sets; a run's own samples always get "
+                          "the protocol's conversion")
     from .evaluation import evaluate_run
     from .metrics.protocol import format_table
 
@@ -122,7 +127,7 @@ def run(run_dir, metrics, n, seeds, real, fake, features, sampler, steps, eta, w
     click.echo("times: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items()))
 
 
-def _compare(real, fake, features, metrics, as_json):
+def _compare(real, fake, features, metrics, as_json, *, convert=False):
     from .images import load_image_set
     from .metrics.protocol import DEFAULT_IMAGE_METRICS, compare_images, format_table
 
@@ -133,10 +138,14 @@ def _compare(real, fake, features, metrics, as_json):
                               f"(images are {real_x.shape[-1]}x{real_x.shape[-2]})")
         features = "digits"
     start = time.perf_counter()
-    scores = compare_images(real_x, fake_x, features=features, metrics=metrics or DEFAULT_IMAGE_METRICS)
+    scores = compare_images(real_x, fake_x, features=features, metrics=metrics or DEFAULT_IMAGE_METRICS,
+                            convert=convert)
     if as_json:
         click.echo(json.dumps({**scores, "seconds": round(time.perf_counter() - start, 3)}))
         return
+    converted = scores.pop("converted")
+    if converted:
+        click.echo(converted)
     click.echo(f"features: {scores.pop('features')}; {scores.pop('n_real')} real vs {scores.pop('n_fake')} fake images")
     click.echo(format_table(scores))
 

@@ -133,7 +133,8 @@ def load_dataset(
     if name.startswith("pairs:"):
         return _load_pairs(name[len("pairs:"):])
     if name.startswith("edges:"):
-        source = load_dataset(name[len("edges:"):], split=split, image_size=image_size, channels=channels)
+        source = load_dataset(name[len("edges:"):], split=split, image_size=image_size, channels=channels,
+                              skip_bad=skip_bad)
         if source.kind != "image":
             raise DataError(f"{name}: edge maps need an image dataset, '{source.name}' holds points")
         return Dataset(name, source.x, source.y, source.class_names, "image", cond={"image": sobel_edges(source.x)})

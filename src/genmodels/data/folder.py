@@ -23,6 +23,9 @@ __all__ = ["IMAGE_SUFFIXES", "load_image_folder", "read_image"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 _PIL_MODES = {1: "L", 3: "RGB"}
+# how each entry point spells skip_bad: the folder error names them all
+SKIP_BAD_HINT = ("or skip unreadable images (genmodels train ... data.skip_bad=true, "
+                 "genmodels data show --skip-bad, Python: skip_bad=True)")
 
 
 def load_image_folder(
@@ -45,7 +48,7 @@ def load_image_folder(
             pixels[i] = image.reshape(pixels.shape[1:])
         except DataError as err:
             if not skip_bad:
-                raise
+                raise DataError(f"{err}, {SKIP_BAD_HINT}") from err.__cause__
             warnings.warn(f"skipping unreadable image {file}: {err.__cause__}", stacklevel=3)
             continue
         kept.append(i)
@@ -68,10 +71,7 @@ def read_image(file: str | Path, *, image_size: int, channels: int) -> np.ndarra
             return np.asarray(image, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         # PIL reports corrupt or truncated files through several exception types
-        raise DataError(
-            f"unreadable image {file}: {err}; delete or replace the file, "
-            "or pass skip_bad=True to skip unreadable images"
-        ) from err
+        raise DataError(f"unreadable image {file}: {err}; delete or replace the file") from err
 
 
 def _flatten_alpha(image: Image.Image) -> Image.Image:

@@ -11,11 +11,10 @@ built-in families, each in its own file: ``diffusion`` (and ``classifier``), ``v
 
 from .base import (FAMILIES, RUN_REFERENCES, Family, LoadedRun, SampleOption, TrainContext, TrainParts,
                    check_labels, register)
-from .loading import (WEIGHT_FILES, base_record, get_family, load, load_run, read_run_config, run_references,
-                      safe_open_keys)
+from .loading import WEIGHT_FILES, base_record, get_family, load, load_run, read_run_config, run_references
 from . import diffusion, gan, pix2pix, vae  # noqa: E402,F401  (each registers its family)
 from .diffusion import Pipeline, load_classifier  # noqa: E402
 
 __all__ = ["FAMILIES", "Family", "LoadedRun", "Pipeline", "RUN_REFERENCES", "SampleOption", "TrainContext",
            "TrainParts", "WEIGHT_FILES", "base_record", "check_labels", "get_family", "load", "load_classifier",
-           "load_run", "read_run_config", "register", "run_references", "safe_open_keys"]
+           "load_run", "read_run_config", "register", "run_references"]

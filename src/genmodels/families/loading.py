@@ -19,7 +19,7 @@ import torch
 from .. import build
 from ..config import from_dict
 from ..errors import CheckpointError, ConfigError
-from ..train.checkpoint import load_weights
+from ..train.checkpoint import check_weights_file, check_weights_files, load_weights
 from .base import FAMILIES, RUN_REFERENCES, LoadedRun
 
 WEIGHT_FILES = {"ema": "ema.safetensors", "model": "model.safetensors"}
@@ -42,16 +42,6 @@ def read_run_config(run_dir) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is not valid JSON ({e})") from None
-
-
-def safe_open_keys(path) -> list[str]:
-    """The tensor names in a safetensors file, without reading the tensors."""
-    from safetensors import safe_open
-
-    if not Path(path).is_file():
-        raise CheckpointError(f"weights file '{path}' is missing")
-    with safe_open(str(path), framework="pt") as f:
-        return list(f.keys())
 
 
 # ---- composed runs ----------------------------------------------------------------------------
@@ -123,10 +113,11 @@ def load_run(run_dir, *, device="auto", weights="ema", family=None, channels_las
     if weights not in WEIGHT_FILES:
         raise ConfigError(f"weights must be one of {', '.join(WEIGHT_FILES)}, got '{weights}'")
     device = device if isinstance(device, torch.device) else build.resolve_device(device)
+    check_weights_files(run_dir / name for name in WEIGHT_FILES.values())  # damaged ones, read or not
     bases = load_bases(record, run_dir, device=device)
     modules = get_family(cfg.family).build(cfg, cfg.model.options)
     if weights == "ema":  # modules without an EMA (a GAN's discriminator) keep their raw weights
-        averaged = {k.split(".", 1)[0] for k in safe_open_keys(run_dir / WEIGHT_FILES["ema"])}
+        averaged = {k.split(".", 1)[0] for k in check_weights_file(run_dir / WEIGHT_FILES["ema"])}
         load_weights({k: m for k, m in modules.items() if k in averaged}, run_dir / WEIGHT_FILES["ema"])
         rest = {k: m for k, m in modules.items() if k not in averaged}
         if rest:
@@ -151,4 +142,4 @@ def load(run_dir, *, device="auto", weights="ema"):
 
 
 __all__ = ["WEIGHT_FILES", "base_record", "check_base", "file_sha256", "get_family", "load", "load_bases",
-           "load_run", "read_run_config", "run_references", "safe_open_keys"]
+           "load_run", "read_run_config", "run_references"]

@@ -13,8 +13,11 @@ class logits. Distances in these features are named for what they are, e.g. ``fd
     net = feature_net("my.pt")            # any TorchScript module (e.g. an Inception-v3 export)
     net = FeatureNet("mine", module, image_shape=(3, 32, 32))   # any nn.Module
 
-A ``FeatureNet`` adapts the input to what the network expects (bilinear antialiased resize to
-its size, RGB -> gray by ITU-R 601 luma or gray -> RGB by repetition), in batches, with tqdm.
+A ``FeatureNet`` runs in batches, with tqdm. Images of another shape than its input are refused
+unless the caller passes ``convert=True``: then they are adapted by one fixed rule (bilinear
+antialiased resize to its size, RGB -> gray by ITU-R 601 luma or gray -> RGB by repetition).
+The run protocol (``protocol.py``) converts a run's own dataset that way; image sets a user
+brings are converted only on request (``genmodels eval --convert``).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -40,7 +43,7 @@ from ..train.checkpoint import atomic_write
 from ..paths import cache_dir
 
 __all__ = ["FeatureCNN", "FeatureNet", "Recipe", "RECIPES", "build_feature_cnn", "feature_net",
-           "feature_cnn_path"]
+           "feature_net_for", "check_input_shapes", "feature_cnn_path"]
 
 VERSION = 1  # bump when the architecture or a recipe changes: old cache files are then ignored
 
@@ -100,7 +103,8 @@ RECIPES = {  # measured on 2 CPU cores: see docs/EVALUATION.md
 
 class FeatureNet:
     """A feature extractor for the metrics: ``features(x)`` [N, D] float64 and, for classifiers,
-    ``logits(x)`` [N, K]. ``x``: images [N, C, H, W] in [-1, 1], adapted to ``image_shape``.
+    ``logits(x)`` [N, K]. ``x``: images [N, C, H, W] in [-1, 1] of shape ``image_shape``, or of
+    any shape with ``convert=True`` (``prepare``: the protocol's fixed conversion).
 
     ``forward_features``/``forward_logits`` map a prepared batch to outputs; for a plain
     ``nn.Module`` the module's output is the features and there are no logits.
@@ -119,25 +123,28 @@ class FeatureNet:
     def has_logits(self) -> bool:
         return self._logits is not None
 
-    def features(self, x, *, progress=False) -> torch.Tensor:
-        return self._run(self._features, x, progress, "features").double()
+    def features(self, x, *, convert=False, progress=False) -> torch.Tensor:
+        return self._run(self._features, x, convert, progress, "features").double()
 
-    def logits(self, x, *, progress=False) -> torch.Tensor:
+    def logits(self, x, *, convert=False, progress=False) -> torch.Tensor:
         if self._logits is None:
             raise DataError(f"feature network {self.name} is not a classifier (no logits); classifier "
                             "score and conditional accuracy need a dataset CNN (mnist, fashion, digits)")
-        return self._run(self._logits, x, progress, "logits").double()
+        return self._run(self._logits, x, convert, progress, "logits").double()
 
-    def features_and_logits(self, x, *, progress=False):
+    def features_and_logits(self, x, *, convert=False, progress=False):
         """Both in one pass over the data (one forward per batch when the module is a FeatureCNN)."""
         if self._logits is None:
-            return self.features(x, progress=progress), None
-        both = self._run(lambda b: _features_and_logits(self.module, b), x, progress, "features")
+            return self.features(x, convert=convert, progress=progress), None
+        both = self._run(lambda b: _features_and_logits(self.module, b), x, convert, progress, "features")
         d = self.module.config["feature_dim"]
         return both[:, :d].double(), both[:, d:].double()
 
     @torch.inference_mode()
-    def _run(self, fn, x, progress, what):
+    def _run(self, fn, x, convert, progress, what):
+        if x.ndim != 4:
+            raise DataError(f"expected images [N, C, H, W], got shape {tuple(x.shape)}")
+        self.check_input({"": tuple(x.shape[1:])}, convert=convert)
         device = next(self.module.parameters(), torch.empty(0)).device
         out = []
         batches = range(0, len(x), self.batch_size)
@@ -145,8 +152,12 @@ class FeatureNet:
             out.append(fn(self.prepare(x[i:i + self.batch_size].to(device))).float().cpu())
         return torch.cat(out) if out else torch.empty(0)
 
+    def check_input(self, shapes: dict, *, convert=False) -> str | None:
+        """``check_input_shapes`` for this network."""
+        return check_input_shapes(self.name, self.image_shape, shapes, convert=convert)
+
     def prepare(self, x):
-        """Images [-1, 1] -> this network's channels and size (the protocol's fixed resize)."""
+        """Images [-1, 1] -> this network's channels and size (the protocol's fixed conversion)."""
         if x.ndim != 4:
             raise DataError(f"expected images [N, C, H, W], got shape {tuple(x.shape)}")
         c, h, w = self.image_shape
@@ -163,6 +174,54 @@ class FeatureNet:
 
     def __repr__(self):
         return f"FeatureNet({self.name!r}, image_shape={self.image_shape})"
+
+
+def check_input_shapes(name, image_shape, shapes: dict, *, convert=False) -> str | None:
+    """Refuse image sets ``shapes`` ({"real": (C, H, W), ...}) not of network ``name``'s
+    ``image_shape`` unless ``convert``: a dataset CNN sees other sizes or colours only through a
+    lossy conversion, which the caller must ask for. Returns a line saying what
+    ``FeatureNet.prepare`` does to them (None: nothing)."""
+    image_shape, by_shape = tuple(image_shape), {}
+    for what, shape in shapes.items():
+        if len(shape) != 3:
+            raise DataError(f"expected images [N, C, H, W]; {_named(what)} have {len(shape) + 1} dimensions")
+        by_shape.setdefault(tuple(int(d) for d in shape), []).append(what)
+    notes = []
+    for shape, whats in by_shape.items():
+        if shape == image_shape:
+            continue
+        what, how = _named(" and ".join(whats)), _conversion(shape, image_shape)
+        if how is None:
+            raise DataError(f"{what} are {_fmt(shape)} but {name} takes {_fmt(image_shape)}, and no conversion "
+                            f"maps {shape[0]} channels to {image_shape[0]}; pass --features FILE for a "
+                            "feature network of their shape")
+        if not convert:
+            raise DataError(f"{what} are {_fmt(shape)} but {name} takes {_fmt(image_shape)}; pass --convert "
+                            f"(Python: convert=True) to convert them ({how}), or --features FILE for a "
+                            "feature network of their shape")
+        notes.append(f"{what} {_fmt(shape)} -> {_fmt(image_shape)} ({how})")
+    return f"converted {'; '.join(notes)} for {name}" if notes else None
+
+
+def _conversion(shape, image_shape) -> str | None:
+    """What ``FeatureNet.prepare`` does to images of ``shape``, in words; None when nothing
+    reaches ``image_shape`` (channels other than 1 <-> 3)."""
+    c, h, w = image_shape
+    steps = {(3, 1): ["RGB -> ITU-R 601 luma"], (1, 3): ["gray -> RGB by repetition"]}.get((shape[0], c))
+    if steps is None and shape[0] != c:
+        return None
+    steps = steps or []
+    if tuple(shape[1:]) != (h, w):
+        steps.append(f"antialiased bilinear resize to {h}x{w}")
+    return ", ".join(steps)
+
+
+def _named(what: str) -> str:
+    return f"{what} images" if what else "images"
+
+
+def _fmt(shape) -> str:
+    return "x".join(str(d) for d in shape)
 
 
 def _features_and_logits(module, x):
@@ -254,16 +313,19 @@ def _load_cnn(path: Path) -> tuple[FeatureCNN, dict]:
         info = _read_info(path)
         net = FeatureCNN(**info["config"])
         net.load_state_dict(load_file(str(path)))
-    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as err:
+    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError, TypeError) as err:
         raise DataError(f"{path} is not a genmodels feature CNN file ({err})") from None
     return net.eval(), info
 
 
 def dataset_feature_cnn(dataset: str, *, rebuild=False, progress=True) -> tuple[FeatureCNN, dict]:
-    """The cached CNN for ``dataset``, trained and cached when missing, stale or ``rebuild``."""
+    """The cached CNN for ``dataset``, trained and cached when missing, damaged, stale or ``rebuild``."""
     path = feature_cnn_path(dataset)
     if path.is_file() and not rebuild:
-        net, info = _load_cnn(path)
+        try:
+            net, info = _load_cnn(path)
+        except DataError:  # a damaged cache file costs only a rebuild
+            info = {}
         if info.get("data_sha256") == data_hash(_train_subset(dataset)):
             return net, info
     net, info = build_feature_cnn(dataset, progress=progress)
@@ -305,6 +367,16 @@ def feature_net(name_or_path, *, rebuild=False, progress=True) -> FeatureNet:
         net, info = _load_cnn(path)
         return cnn_feature_net(net, info, name=f"{info.get('dataset', path.stem)}-CNN ({path.name})")
     return torchscript_feature_net(path)
+
+
+def feature_net_for(features, shapes: dict, *, convert=False, progress=True) -> tuple[FeatureNet, str | None]:
+    """The feature network ``features`` (a FeatureNet, or a name or file for ``feature_net``) for
+    image sets of ``shapes`` ({"real": (C, H, W), ...}) and ``check_input_shapes``' line. A
+    built-in CNN is checked against its dataset's shape first: a refusal costs no training."""
+    if isinstance(features, str) and features in RECIPES:
+        check_input_shapes(f"{features}-CNN", _train_subset(features).shape, shapes, convert=convert)
+    net = features if isinstance(features, FeatureNet) else feature_net(features, progress=progress)
+    return net, net.check_input(shapes, convert=convert)
 
 
 def cnn_feature_net(net: FeatureCNN, info: dict, *, name: str) -> FeatureNet:

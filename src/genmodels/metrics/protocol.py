@@ -3,6 +3,8 @@
 - images are compared in a feature network's features (``features.py``) against the dataset's
   reference split (``REFERENCE_SPLITS``; Fashion-MNIST test 10k, all 5,000 MNIST images since
   the set is small, all 1,797 digits), whose features are cached per feature network;
+- a run's samples and the reference split are fitted to the feature network by its one fixed
+  conversion (``FeatureNet.prepare``); image sets a user brings only with ``convert=True``;
 - a run is sampled ``n`` times per seed, sample i of seed s using seed s * 1,000,000 + i
   (EMA weights, the run's own sampler settings unless overridden), class-conditional runs asking
   for classes i mod K, and every metric is reported as mean +- std over seeds;
@@ -28,7 +30,7 @@ from ..data import TOY_DISTRIBUTIONS, load_dataset
 from ..errors import ConfigError, DataError
 from ..paths import cache_dir
 from ..train.checkpoint import atomic_write
-from .features import FeatureNet, feature_net, feature_net_id
+from .features import FeatureNet, feature_net, feature_net_for, feature_net_id
 from .frechet import fd
 from .kid import kid
 from .registry import METRICS, EvalInputs, compute, default_metrics, needs, parse_metrics
@@ -53,7 +55,7 @@ def reference_features(dataset: str, net: FeatureNet, *, split=None, progress=Tr
     if path.is_file():
         return load_file(str(path))["features"].double()
     real = load_dataset(dataset, split=split)
-    features = net.features(real.x, progress=progress)
+    features = net.features(real.x, convert=True, progress=progress)  # the protocol's fixed conversion
     try:
         atomic_write(path, lambda tmp: save_file({"features": features.float().contiguous()}, tmp))
     except OSError:
@@ -72,19 +74,22 @@ def image_scores(real_features, fake_features, *, metrics, fake_logits=None, lab
 
 
 def compare_images(real, fake, *, features="mnist", metrics=DEFAULT_IMAGE_METRICS, labels=None,
-                   progress=True, **options) -> dict:
+                   convert=False, progress=True, **options) -> dict:
     """Scores of image tensors ``fake`` against ``real`` ([N, C, H, W] in [-1, 1]) in the
-    features of ``features`` (a dataset name, a file, or a FeatureNet); plus "features": its name."""
-    net = features if isinstance(features, FeatureNet) else feature_net(features, progress=progress)
+    features of ``features`` (a dataset name, a file, or a FeatureNet); plus "features": its name,
+    and "converted": what was done to fit images of another shape to it (only with ``convert``;
+    else they are refused), or None."""
     metrics = parse_metrics(metrics, kind="image")
     if needs(metrics, "model"):
         raise ConfigError("nll needs a model, not a set of images; evaluate a run directory")
-    real_f = net.features(real, progress=progress)
-    fake_f, fake_logits = net.features_and_logits(fake, progress=progress)
+    net, converted = feature_net_for(features, {"real": real.shape[1:], "fake": fake.shape[1:]},
+                                     convert=convert, progress=progress)
+    real_f = net.features(real, convert=convert, progress=progress)
+    fake_f, fake_logits = net.features_and_logits(fake, convert=convert, progress=progress)
     inputs = EvalInputs("image", samples=fake, real_features=real_f, fake_features=fake_f, fake_logits=fake_logits,
                         fd_name=f"fd_{net.tag}", labels=labels)
     scores = compute(metrics, inputs, options=options)
-    return {**scores, "features": net.name, "n_real": len(real), "n_fake": len(fake)}
+    return {**scores, "features": net.name, "n_real": len(real), "n_fake": len(fake), "converted": converted}
 
 
 def toy_scores(dist, reference, samples, *, metrics) -> dict:
@@ -170,7 +175,8 @@ def evaluate(pipe, *, run_dir=None, metrics=None, n=5000, seeds=(0, 1, 2), sampl
             timings["sampling"] = timings.get("sampling", 0.0) + time.perf_counter() - start
         if images and needs(sample_metrics, "features"):
             start = time.perf_counter()
-            inputs.fake_features, inputs.fake_logits = net.features_and_logits(inputs.samples, progress=progress)
+            inputs.fake_features, inputs.fake_logits = net.features_and_logits(inputs.samples, convert=True,
+                                                                               progress=progress)  # own data
             inputs.real_features, inputs.fd_name = reference, f"fd_{net.tag}"
             timings["features"] = timings.get("features", 0.0) + time.perf_counter() - start
         elif sample_metrics and not images:
@@ -270,7 +276,7 @@ def proxy_evaluator(cfg, dataset, draw, *, n):
         start = time.perf_counter()
         x = draw(range(PROXY_SEED, PROXY_SEED + n), labels)
         if images:
-            fake = net.features(x.clamp(-1, 1))
+            fake = net.features(x.clamp(-1, 1), convert=True)
             scores = {f"fd_{net.tag}": fd(reference, fake),
                       "kid": kid(reference, fake, subsets=20, subset_size=min(n, 1000)).mean}
         else:
