@@ -72,7 +72,7 @@ def peer_run(pipe, name, nfe, x_T, spacing):
 
 def overhead_per_step(name, shape, steps=50):
     """Seconds per step of the sampler's own arithmetic (a denoiser that costs nothing)."""
-    free = lambda x, sigma, **cond: x * 0.5  # noqa: E731
+    free = lambda x, sigma, cond=None: x * 0.5  # noqa: E731
     sigmas = torch.cat([torch.logspace(1, -2, steps, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
     x = torch.randn(shape)
     noise = lambda: torch.randn(shape)  # noqa: E731

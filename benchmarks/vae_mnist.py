@@ -17,7 +17,8 @@ import genmodels
 from genmodels.cli import read_image_arg
 from genmodels.data import load_dataset
 from genmodels.images import save_grid
-from genmodels.metrics.protocol import evaluate_run, format_table
+from genmodels.evaluation import evaluate_run
+from genmodels.metrics.protocol import format_table
 
 
 def main():
