@@ -12,12 +12,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import genmodels
-from genmodels.cli import main
 from genmodels.config import SECTIONS, load_config
 from genmodels.cond import COND_KEYS
 from genmodels.families import FAMILIES
 from genmodels.metrics.registry import METRICS
 from genmodels.train.run import train
+from test_cli import run_cli
 
 QUIET = ["family=brightness", "data.name=mnist", "model.network=none", "train.batch_size=32", "train.device=cpu",
          "train.log_every_images=64", "train.checkpoint_every_images=100000", "train.sample_every_images=100000",
@@ -32,16 +32,6 @@ def plugin():
     yield module
     FAMILIES.pop("brightness"), SECTIONS.pop("brightness"), COND_KEYS.pop("brightness"), METRICS.pop("mean_brightness")
     sys.modules.pop("plugin_brightness")
-
-
-def run_cli(args, capsys):
-    try:
-        main(list(map(str, args)))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

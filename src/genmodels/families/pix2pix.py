@@ -9,7 +9,6 @@ a PatchGAN discriminator D(x, cond) and the L1 term (``gan.l1_weight``). Trained
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -18,8 +17,8 @@ import torch
 from ..build import fill_option
 from ..errors import ConfigError, GenmodelsError
 from ..images import save_grid, write_samples
-from .base import LoadedRun, PipelineBase, register
-from .gan import GANFamily, _refuse, fill_data_options, make_objective, recalibrate_batchnorm
+from .base import LoadedRun, register
+from .gan import GANFamily, GANPipeline, _refuse, fill_data_options, make_objective, recalibrate_batchnorm
 from .loading import load
 
 
@@ -75,18 +74,10 @@ class Pix2PixFamily(GANFamily):
         return [translate]
 
 
-@dataclass
-class Pix2PixPipeline(PipelineBase):
+class Pix2PixPipeline(GANPipeline):
     """A trained Pix2Pix: ``translate`` input images; ``sample(n)`` translates the test split's
     first n inputs (what the evaluation protocol scores)."""
 
-    run_dir: Path
-    config: object
-    net: torch.nn.Module
-    data_shape: tuple
-    class_names: tuple
-    device: torch.device
-    net_num_classes = None
     family_name = "Pix2Pix translator"
 
     def sample_settings(self, **diffusion) -> dict:
