@@ -1,5 +1,8 @@
+import importlib
 import os
+import re
 import shutil
+import tomllib
 
 import pytest
 import torch
@@ -7,6 +10,37 @@ import torch
 # Two cores: keep torch from oversubscribing when pytest-xdist runs workers side by side.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
+
+# What `scripts/setup test` installs: pyproject.toml's extras "test" (tools and metric oracles) and
+# "peers" (diffusers). The distributions whose module is named otherwise:
+PEER_EXTRAS = ("test", "peers")
+IMPORT_NAMES = {"pot": "ot", "pytest-xdist": "xdist"}
+INSTALL = "scripts/setup test (or: .venv/bin/python -m pip install -e '.[test,peers]')"
+
+
+def peer_modules(pyproject) -> dict:
+    """{distribution: module} for every requirement of the extras `scripts/setup test` installs."""
+    extras = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
+    names = [re.match(r"[A-Za-z0-9._-]+", req).group(0).lower() for e in PEER_EXTRAS for req in extras[e]]
+    return {name: IMPORT_NAMES.get(name, name.replace("-", "_")) for name in names}
+
+
+def pytest_sessionstart(session):
+    """With GENMODELS_REQUIRE_PEERS=1 (scripts/test sets it), a missing peer stops the session
+    instead of letting its oracle tests skip: a green run then always includes them."""
+    if os.environ.get("GENMODELS_REQUIRE_PEERS", "0") in ("", "0"):
+        return
+    missing = []
+    for dist, module in peer_modules(session.config.rootpath / "pyproject.toml").items():
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            missing.append(dist if e.name == module else f"{dist} ({e})")
+        except Exception as e:  # installed but broken (say, built for another torch): as good as missing
+            missing.append(f"{dist} ({type(e).__name__}: {e})")
+    if missing:
+        pytest.exit(f"test oracle(s) missing: {', '.join(missing)}; install with {INSTALL} "
+                    "(GENMODELS_REQUIRE_PEERS is set, so they may not skip)", returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -234,12 +234,22 @@ def test_conditional_nets_use_the_label():
         g(z)
 
 
-def test_pix2pix_shapes_and_bad_input():
+def test_pix2pix_shapes_noise_and_bad_input():
+    torch.manual_seed(0)
     u, p = G.UNetGenerator(base_channels=8), G.PatchDiscriminator(base_channels=8)
     cond = {"image": torch.randn(2, 1, 28, 28)}
     out = u(cond)
-    assert out.shape == (2, 1, 28, 28) and out.abs().max() <= 1
-    assert p(out, cond).shape == (2, 1, 7, 7)
+    assert out.shape == (2, 1, 28, 28) and p(out, cond).shape == (2, 1, 7, 7)
+    # no z: the decoder's dropout is the only noise, in training and, if asked, at sampling
+    assert not torch.equal(u(cond), u(cond))
+    assert torch.equal(u.eval()(cond), u(cond))
+    kept = G.UNetGenerator(base_channels=8, dropout_at_sampling=True).eval()
+    assert not torch.equal(kept(cond), kept(cond))
+    without = G.UNetGenerator(base_channels=8, dropout=0.0)
+    assert torch.equal(without(cond), without(cond))  # training, batch statistics, but no dropout
+    with torch.no_grad():  # pre-activations far beyond +-1: the last layer squashes them into [-1, 1]
+        u.out.weight.mul_(100)
+    assert 0.99 < u(cond).abs().max() <= 1
     with pytest.raises(ValueError, match=r"\[B, 1, 28, 28\], got \[2, 3, 28, 28\]"):
         u({"image": torch.randn(2, 3, 28, 28)})
     with pytest.raises(ConfigError, match="image_size 30"):

@@ -13,27 +13,68 @@ from genmodels.metrics.likelihood import (BIN_WIDTH, bits_per_dim, ddpm_vlb,
                                           discretized_gaussian_log_likelihood, ode_log_likelihood)
 
 
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))
+
+
 def gaussian_log_prob(x, mu, cov):
     return torch.from_numpy(stats.multivariate_normal(mu.numpy(), cov.numpy()).logpdf(x.numpy())).reshape(len(x))
 
 
+class GaussianDenoiser(torch.nn.Module):
+    """The exact denoiser of N(mu, S) data, E[x0 | x] = mu + S (S + sigma^2 I)^-1 (x - mu). Its
+    (frozen) parameters put it on a device; it records the devices of the tensors it is given."""
+
+    def __init__(self, mu, cov):
+        super().__init__()
+        self.mu = torch.nn.Parameter(mu.clone(), requires_grad=False)
+        self.cov = torch.nn.Parameter(cov.clone(), requires_grad=False)
+        self.seen = set()
+
+    def forward(self, x, sigma, cond=None):
+        self.seen |= {x.device, torch.as_tensor(sigma).device}
+        eye = torch.eye(len(self.mu), dtype=x.dtype, device=x.device)
+        gain = self.cov @ torch.linalg.inv(self.cov + sigma**2 * eye)
+        return self.mu + (x - self.mu) @ gain.T
+
+
+def gaussian_ode_case(mu, cov, n=6, s_min=1e-2, s_max=50.0):
+    """(denoiser, x, ode_log_likelihood's keywords, exact log p at sigma_min): p_sigma is
+    N(mu, S + sigma^2 I), so the density at sigma_min and the prior at sigma_max are known."""
+    eye = torch.eye(len(mu), dtype=torch.float64)
+    x = mu + torch.randn(n, len(mu), dtype=torch.float64, generator=torch.Generator().manual_seed(0)) \
+        @ torch.linalg.cholesky(cov).T
+    kwargs = dict(sigma_min=s_min, sigma_max=s_max,
+                  prior_log_prob=lambda z: gaussian_log_prob(z, mu, cov + s_max**2 * eye))
+    return GaussianDenoiser(mu, cov), x, kwargs, gaussian_log_prob(x, mu, cov + s_min**2 * eye)
+
+
+MU2 = torch.tensor([0.3, -0.2], dtype=torch.float64)
+COV2 = torch.tensor([[0.5, 0.2], [0.2, 0.3]], dtype=torch.float64)
+
+
 def test_ode_likelihood_of_gaussian_data_matches_the_closed_form():
-    """Data N(mu, S) with its exact denoiser: p_sigma = N(mu, S + sigma^2 I), so log p at
-    sigma_min is known; the exact trace (2-D, full covariance) must reproduce it."""
-    mu = torch.tensor([0.3, -0.2], dtype=torch.float64)
-    cov = torch.tensor([[0.5, 0.2], [0.2, 0.3]], dtype=torch.float64)
-    eye = torch.eye(2, dtype=torch.float64)
-
-    def denoiser(x, sigma, cond=None):
-        gain = cov @ torch.linalg.inv(cov + float(sigma) ** 2 * eye)  # E[x0 | x] = mu + gain (x - mu)
-        return mu + (x - mu) @ gain.T
-
-    x = mu + torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) @ torch.linalg.cholesky(cov).T
-    s_min, s_max = 1e-2, 50.0
-    result = ode_log_likelihood(denoiser, x, sigma_min=s_min, sigma_max=s_max,
-                                prior_log_prob=lambda z: gaussian_log_prob(z, mu, cov + s_max**2 * eye))
-    expected = gaussian_log_prob(x, mu, cov + s_min**2 * eye)
+    """Data N(mu, S) with its exact denoiser; the exact trace (2-D, full covariance) must
+    reproduce log p at sigma_min."""
+    denoiser, x, kwargs, expected = gaussian_ode_case(MU2, COV2)
+    result = ode_log_likelihood(denoiser, x, **kwargs)
     torch.testing.assert_close(result.log_px, expected, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+@pytest.mark.parametrize("divergence,cov", [("exact", COV2), ("hutchinson", torch.diag(COV2.diagonal()))],
+                         ids=["exact", "hutchinson"])
+def test_ode_likelihood_runs_on_the_denoisers_device(device, divergence, cov):
+    """The denoiser on ``device``, x on the CPU: every tensor the denoiser is given is on its
+    device, the result comes back on the CPU and is the closed form (off the CPU: also the CPU's
+    result). A diagonal covariance for Hutchinson, where one Rademacher probe is exact."""
+    denoiser, x, kwargs, expected = gaussian_ode_case(MU2, cov)
+    result = ode_log_likelihood(denoiser.to(device), x, divergence=divergence, **kwargs)
+    assert {d.type for d in denoiser.seen} == {device}
+    assert result.log_px.device.type == "cpu" and result.prior_log_p.device.type == "cpu"
+    torch.testing.assert_close(result.log_px, expected, rtol=0, atol=1e-4)
+    if device != "cpu":
+        on_cpu = ode_log_likelihood(denoiser.cpu(), x, divergence=divergence, **kwargs)
+        torch.testing.assert_close(result.log_px, on_cpu.log_px, rtol=0, atol=1e-6)
 
 
 def test_ode_likelihood_with_hutchinson_trace_in_high_dimension():
@@ -118,6 +159,35 @@ def test_ddpm_bound_equals_a_monte_carlo_estimate_over_forward_trajectories():
         diff = log_q - log_p
         stderr = np.sqrt(diff.var() / m + bound[i].var() / repeats)
         assert abs(diff.mean() - bound[i].mean()) < 4 * stderr, (i, diff.mean(), bound[i].mean(), stderr)
+
+
+class ToyNet(torch.nn.Module):
+    """_toy_denoiser with its gain as a parameter: a module that lives on a device."""
+
+    def __init__(self):
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.tensor(0.7, dtype=torch.float64), requires_grad=False)
+        self.seen = set()
+
+    def forward(self, x, sigma, cond=None):
+        self.seen |= {x.device, sigma.device}
+        return torch.tanh(self.gain * x) / (1 + 0.3 * sigma)
+
+
+@pytest.mark.parametrize("device", [CUDA])
+@pytest.mark.parametrize("steps", [None, 3])
+def test_ddpm_bound_is_the_same_on_the_denoisers_device(device, steps):
+    """Noise and step subsets are drawn from the CPU generator whatever the device, so the bound
+    of the same images equals the CPU's (whose value the Monte Carlo test checks)."""
+    path = DiscreteDDPM(schedule="linear", timesteps=8, beta_start=0.05, beta_end=0.6)
+    x0 = torch.rand(3, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    on_cpu = ddpm_vlb(ToyNet(), path, x0, steps=steps, generator=torch.Generator().manual_seed(1))
+    net = ToyNet().to(device)
+    on_device = ddpm_vlb(net, path, x0, steps=steps, generator=torch.Generator().manual_seed(1))
+    assert {d.type for d in net.seen} == {device}
+    assert on_device.nats.device.type == "cpu"
+    torch.testing.assert_close(on_device.nats, on_cpu.nats, rtol=1e-9, atol=1e-9)
+    assert on_device.diffusion == pytest.approx(on_cpu.diffusion, rel=1e-9)
 
 
 def test_ddpm_bound_step_subset_is_unbiased():

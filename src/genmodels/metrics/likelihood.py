@@ -101,40 +101,45 @@ def ddpm_vlb(denoiser, path, x0, *, cond=None, steps=None, clip_denoised=True, g
     variance beta-tilde_t (the ``ddpm`` sampler's); the decoder's variance is beta-tilde of the
     second step, as in Nichol & Dhariwal's code (beta-tilde_1 = 0). ``steps`` None visits all T
     steps (T network calls per image); an integer K visits K random steps of 2..T and scales
-    their sum by (T - 1) / K, an unbiased estimate.
+    their sum by (T - 1) / K, an unbiased estimate. Computed on the denoiser's device; the
+    per-image bounds come back on the CPU.
     """
+    # every tensor lives where the denoiser computes (its parameters' device, else x0's)
+    device, f64 = next(iter(_params(denoiser)), x0).device, torch.float64
     T = path.timesteps
-    abar = path.alphas_cumprod.to(torch.float64)
-    betas = path.betas.to(torch.float64)
+    abar = path.alphas_cumprod.to(device, f64)
+    betas = path.betas.to(device, f64)
+    sigmas = path.sigmas.to(device, f64)
     abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
     post_var = betas * (1 - abar_prev) / (1 - abar)  # beta-tilde; 0 at the first step
     post_logvar = torch.log(torch.cat([post_var[1:2], post_var[1:]]))
     coef_x0 = betas * abar_prev.sqrt() / (1 - abar)  # Ho et al. Eq. 7
     coef_xt = (1 - abar_prev) * (1 - betas).sqrt() / (1 - abar)
-    x0 = x0.to(torch.float64)
+    x0 = x0.to(device, f64)
     dims = x0[0].numel()
-    cond = cond or {}
+    cond = _to(cond, device)
+    # noise is drawn on the generator's device (the CPU by default) and moved: the same seed
+    # gives the same bound wherever the model runs
     g = generator if generator is not None else torch.Generator().manual_seed(0)
+    dtype = next(iter(_params(denoiser)), torch.empty(0, dtype=torch.float32)).dtype
 
     def posterior_mean(x0_, x_t, n):
         return coef_x0[n] * x0_ + coef_xt[n] * x_t
 
     def denoise(x_t, n):
-        alpha = abar[n].sqrt()
-        sigma_ve = path.sigmas[n].to(torch.float64)
-        dtype = next(iter(_params(denoiser)), torch.empty(0, dtype=torch.float32)).dtype
         with torch.inference_mode():
-            out = denoiser((x_t / alpha).to(dtype), sigma_ve, **cond).to(torch.float64)
+            out = denoiser((x_t / abar[n].sqrt()).to(dtype), sigmas[n], **cond).to(f64)
         return out.clamp(-1, 1) if clip_denoised else out
 
     def sample_q(n):
-        noise = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+        noise = torch.randn(x0.shape, generator=g, dtype=f64, device=g.device).to(device)
         return abar[n].sqrt() * x0 + (1 - abar[n]).sqrt() * noise
 
     def per_image(t):
         return t.flatten(1).sum(1)
 
-    prior = per_image(normal_kl(abar[-1].sqrt() * x0, torch.log(1 - abar[-1]), torch.zeros(()), torch.zeros(())))
+    zero = x0.new_zeros(())
+    prior = per_image(normal_kl(abar[-1].sqrt() * x0, torch.log(1 - abar[-1]), zero, zero))
     x_t = sample_q(0)
     decoder = -per_image(discretized_gaussian_log_likelihood(
         x0, mean=denoise(x_t, 0), log_std=0.5 * post_logvar[0]))
@@ -143,21 +148,25 @@ def ddpm_vlb(denoiser, path, x0, *, cond=None, steps=None, clip_denoised=True, g
     else:
         if not 1 <= steps <= T - 1:
             raise DataError(f"steps must lie in 1..{T - 1} for a {T}-step DDPM, got {steps}")
-        visit, scale = torch.randperm(T - 1, generator=g)[:steps] + 1, (T - 1) / steps
-    diffusion = torch.zeros(len(x0), dtype=torch.float64)
+        visit, scale = torch.randperm(T - 1, generator=g, device=g.device).cpu()[:steps] + 1, (T - 1) / steps
+    diffusion = torch.zeros(len(x0), dtype=f64, device=device)
     for n in progress_bar(visit.tolist(), desc="DDPM bound", disable=not progress, leave=False):
         x_t = sample_q(n)
         true_mean = posterior_mean(x0, x_t, n)
         model_mean = posterior_mean(denoise(x_t, n), x_t, n)
         # equal variances: the KL is the squared mean difference over twice the variance
         diffusion += per_image((true_mean - model_mean).square()) / (2 * post_var[n])
-    total = prior + decoder + scale * diffusion
+    total = (prior + decoder + scale * diffusion).cpu()
     return DDPMBound(total, total / (dims * LN2), prior.mean().item(), decoder.mean().item(),
                      (scale * diffusion).mean().item())
 
 
 def _params(module):
     return module.parameters() if isinstance(module, torch.nn.Module) else ()
+
+
+def _to(cond, device):
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in (cond or {}).items()}
 
 
 # ---- continuous models: the probability-flow ODE ------------------------------------------
@@ -193,7 +202,9 @@ def ode_log_likelihood(denoiser, x, *, sigma_min, sigma_max, prior_log_prob=None
     sigma_max is ``prior_log_prob(x) -> [B]``, or N(0, prior_std^2 I). ``divergence``: "exact"
     (one backward pass per dimension), "hutchinson" (``probes`` Rademacher probes, drawn once and
     fixed for the whole solve, FFJORD's estimator; the estimate's variance falls as 1/probes),
-    or "auto" (exact up to 16 dimensions).
+    or "auto" (exact up to 16 dimensions). scipy integrates on the CPU; each evaluation moves
+    the state to the denoiser's device (its parameters', else x's) and back; the results are
+    CPU tensors.
     """
     if prior_log_prob is None:
         if prior_std is None:
@@ -204,12 +215,16 @@ def ode_log_likelihood(denoiser, x, *, sigma_min, sigma_max, prior_log_prob=None
     exact = dims <= 16 if divergence == "auto" else divergence == "exact"
     if divergence not in ("auto", "exact", "hutchinson"):
         raise ValueError(f"divergence must be auto, exact or hutchinson, got {divergence!r}")
-    dtype = next(iter(_params(denoiser)), x).dtype
-    cond = cond or {}
+    # the denoiser computes in its parameters' dtype and device (a plain function: x's)
+    home = next(iter(_params(denoiser)), x)
+    dtype, device = home.dtype, home.device
+    cond = _to(cond, device)
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     if probes < 1:
         raise ValueError(f"probes must be >= 1, got {probes}")
-    probe = (torch.randint(0, 2, (probes, *shape), generator=g) * 2 - 1).to(dtype) if not exact else None
+    # drawn on the generator's device and moved: the same probes wherever the model runs
+    probe = None if exact else \
+        (torch.randint(0, 2, (probes, *shape), generator=g, device=g.device) * 2 - 1).to(device, dtype)
     nfe = 0
     u0, u1 = math.log(sigma_min), math.log(sigma_max)
     bar = progress_bar(total=1000, desc="ODE likelihood", disable=not progress, leave=False)
@@ -218,14 +233,14 @@ def ode_log_likelihood(denoiser, x, *, sigma_min, sigma_max, prior_log_prob=None
         nonlocal nfe
         nfe += 1
         bar.update(int(1000 * (u - u0) / (u1 - u0)) - bar.n)
-        xt = torch.from_numpy(state[:-b]).view(shape).to(dtype).requires_grad_(True)
+        xt = torch.from_numpy(state[:-b]).view(shape).to(device, dtype).requires_grad_(True)
         with torch.enable_grad():
-            drift = xt - denoiser(xt, torch.tensor(math.exp(u), dtype=torch.float64), **cond)
+            drift = xt - denoiser(xt, torch.tensor(math.exp(u), dtype=torch.float64, device=device), **cond)
             div = _divergence(drift, xt, probe)
         out = torch.cat([drift.detach().flatten(), div.detach()])
-        return out.to(torch.float64).numpy()
+        return out.to("cpu", torch.float64).numpy()
 
-    start = np.concatenate([x.detach().to(torch.float64).flatten().numpy(), np.zeros(b)])
+    start = np.concatenate([x.detach().to("cpu", torch.float64).flatten().numpy(), np.zeros(b)])
     solution = solve_ivp(rhs, (u0, u1), start, method="RK45", rtol=rtol, atol=atol)
     bar.close()
     if not solution.success:
@@ -246,7 +261,7 @@ def _divergence(f, x, probe):
             total = total + (vjp * z).flatten(1).sum(1)
         return total / len(probe)
     flat_f = f.flatten(1)
-    div = torch.zeros(len(f), dtype=f.dtype)
+    div = torch.zeros(len(f), dtype=f.dtype, device=f.device)
     for i in range(flat_f.shape[1]):
         (grad,) = torch.autograd.grad(flat_f[:, i].sum(), x, retain_graph=i < flat_f.shape[1] - 1)
         div += grad.flatten(1)[:, i]
