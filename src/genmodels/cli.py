@@ -129,7 +129,8 @@ class SampleCommand(click.Command):
 
         super().format_options(ctx, formatter)
         for family in FAMILIES.values():
-            rows = [(f"{o.cli_flag} {o.type.upper()}", o.help) for o in family.sample_options]
+            rows = [(f"{o.cli_flag} {o.type.upper()}", o.help + (f" ({' | '.join(o.allowed())})" if o.type == "choice" else ""))
+                    for o in family.sample_options]
             if rows:
                 with formatter.section(f"Options of {family.name} runs"):
                     formatter.write_dl(rows)

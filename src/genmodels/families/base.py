@@ -65,7 +65,8 @@ def register(family: Family) -> Family:
 class SampleOption:
     """One option of a family's ``sample``: ``name`` is the Python keyword (the CLI spells it
     ``--name`` with dashes, or ``flag``), ``type`` one of int, float, str, choice, interval (a
-    "LO,HI" pair of floats), pair (two ints "A,B"), path; ``choices`` for choice options."""
+    "LO,HI" pair of floats), pair (two ints "A,B"), path; ``choices`` for choice options (a tuple,
+    or a callable giving one: a registry's keys, read when asked)."""
 
     name: str
     type: str
@@ -79,6 +80,10 @@ class SampleOption:
     def __post_init__(self):
         if self.type not in self.TYPES:
             raise ValueError(f"sample option {self.name}: type {self.type!r} is not one of {self.TYPES}")
+
+    def allowed(self) -> tuple:
+        """A choice option's values (``choices`` may be a callable, e.g. a registry's keys)."""
+        return tuple(self.choices() if callable(self.choices) else self.choices)
 
     @property
     def cli_flag(self) -> str:
@@ -101,9 +106,8 @@ class SampleOption:
             want = {"int": "an integer", "float": "a number", "interval": "LO,HI (two numbers, e.g. 0.3,5)",
                     "pair": "A,B (two integers, e.g. 3,8)"}[self.type]
             raise ConfigError(f"{self.cli_flag} '{text}' is not {want}") from None
-        choices = tuple(self.choices() if callable(self.choices) else self.choices)
-        if self.type == "choice" and text not in choices:
-            raise ConfigError(f"unknown {self.name} '{text}' ({self.cli_flag}); allowed: {', '.join(choices)}")
+        if self.type == "choice" and text not in self.allowed():
+            raise ConfigError(f"unknown {self.name} '{text}' ({self.cli_flag}); allowed: {', '.join(self.allowed())}")
         return text
 
 

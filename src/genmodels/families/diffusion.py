@@ -79,7 +79,7 @@ SAMPLE_OPTIONS = (
     SampleOption("steps", "int", None, "sampling steps, default the run's (network evaluations; heun uses 2 "
                                        "per step but the last)"),
     SampleOption("eta", "float", None, "ancestral noise (ddim, euler_ancestral, dpmpp_2m_sde)"),
-    SampleOption("spacing", "choice", None, "noise grid: leading | trailing | linspace (timesteps) | karras | logsnr",
+    SampleOption("spacing", "choice", None, "noise grid: timestep spacings, or noise-level ones (karras, logsnr)",
                  choices=TIMESTEP_SPACINGS + SIGMA_SPACINGS),
     SampleOption("sigma_max", "float", None, "top noise level of karras/logsnr grids (EDM: 80)"),
     SampleOption("guidance", "float", None, "classifier-free guidance scale w (1 conditional, the default; "
