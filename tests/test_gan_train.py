@@ -93,6 +93,10 @@ def test_pix2pix_learns_edges_to_mnist(tmp_path):
     assert err < 0.7 * blank, (err, blank)  # better than an all-black guess on unseen digits
     with pytest.raises(ConfigError, match="take"):
         pipe.translate(torch.zeros(1, 3, 28, 28))
+    # sample() translates its inputs: the test split's first n, or the given ones (one for all)
+    torch.testing.assert_close(pipe.sample(3), pipe.translate(test.cond["image"][:3]))
+    one = pipe.sample(3, cond={"image": test.cond["image"][5:6]})
+    assert one.shape == (3, 1, 28, 28) and torch.equal(one[0], one[2])
     # the CLI: an edge-map PNG, and a digit PNG whose edges it takes itself
     from genmodels.images import save_images
 

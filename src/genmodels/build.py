@@ -1,6 +1,7 @@
 """Build the pieces of a run from its config: device, network, path, parameterization, objective.
 
-Shared by training and ``pipeline.load`` so a run directory rebuilds exactly what was trained.
+Shared by training and loading (``genmodels.families``) so a run directory rebuilds exactly what
+was trained.
 """
 
 import torch
@@ -81,9 +82,7 @@ def diffusion_parts(cfg, options: dict):
     is bound to the network by the family (it does not exist yet here)."""
     path = build_path(cfg.diffusion)
     param = get_parameterization(cfg.diffusion.prediction, sigma_data=cfg.diffusion.sigma_data)
-    rates = cond_dropout(cfg)
-    if rates.get("y") and options.get("num_classes") is None:
-        raise ConfigError("diffusion.label_dropout needs a class-conditional net: set model.num_classes=auto")
+    rates = cond_dropout(cfg)  # the family checks them against the keys its network reads
     if param.name == "velocity" and cfg.diffusion.path != "rectified_flow":
         raise ConfigError("diffusion.prediction=velocity is the straight path's; use "
                           "diffusion.path=rectified_flow (or prediction eps | x0 | v)")

@@ -96,8 +96,8 @@ def parse_classes(text, n, per_class, pipe, num_classes):
 
 
 def family_options(args: list[str], family) -> dict:
-    """``--flag value`` pairs (or ``--flag=value``) left after the shared options, parsed by the
-    family's sample-option schema; a flag of another family is named as such."""
+    """``--flag value`` pairs (or ``--flag=value``) of the family options given, parsed by the
+    run's family schema; a flag of another family is named as such."""
     from .families import FAMILIES
 
     by_flag = {o.cli_flag: o for o in family.sample_options}
@@ -106,10 +106,8 @@ def family_options(args: list[str], family) -> dict:
         flag, _, value = args[i].partition("=")
         if flag not in by_flag:
             owners = sorted(f.name for f in FAMILIES.values() if any(o.cli_flag == flag for o in f.sample_options))
-            if owners:
-                raise GenmodelsError(f"{flag} is a sample option of {', '.join(owners)} runs; this is a "
-                                     f"{family.name} run (its options: {', '.join(by_flag) or 'none'})")
-            raise GenmodelsError(f"no such option: {args[i]} (genmodels sample --help lists the options)")
+            raise GenmodelsError(f"{flag} is a sample option of {', '.join(owners)} runs; this is a "
+                                 f"{family.name} run (its options: {', '.join(by_flag) or 'none'})")
         if not value:
             if i + 1 >= len(args):
                 raise GenmodelsError(f"{flag} needs a value")
@@ -122,21 +120,40 @@ def family_options(args: list[str], family) -> dict:
 
 
 class SampleCommand(click.Command):
-    """``sample``'s help lists each family's own options from its schema after the shared ones."""
+    """``sample`` with each family's own options: they are taken out of the arguments wherever
+    they stand (before or after RUN_DIR) and parsed by the run's family schema once it is loaded
+    (``family_options``); its help lists them after the shared ones."""
+
+    def parse_args(self, ctx, args):
+        from .families import FAMILIES
+
+        flags = {o.cli_flag for f in FAMILIES.values() for o in f.sample_options}
+        rest, taken, i = [], [], 0
+        while i < len(args):
+            flag = args[i].partition("=")[0]
+            if flag in flags:
+                value_follows = "=" not in args[i] and i + 1 < len(args)
+                taken += args[i:i + 1 + value_follows]
+                i += 1 + value_follows
+            else:
+                rest.append(args[i])
+                i += 1
+        ctx.meta["family_options"] = taken
+        return super().parse_args(ctx, rest)
 
     def format_options(self, ctx, formatter):
         from .families import FAMILIES
 
         super().format_options(ctx, formatter)
         for family in FAMILIES.values():
-            rows = [(f"{o.cli_flag} {o.type.upper()}", o.help + (f" ({' | '.join(o.allowed())})" if o.type == "choice" else ""))
-                    for o in family.sample_options]
+            rows = [(f"{o.cli_flag} {o.type.upper()}", o.help + (f" ({' | '.join(o.allowed())})" if o.type == "choice" else "")
+                     + ("" if o.default is None else f"  [default: {o.default}]")) for o in family.sample_options]
             if rows:
                 with formatter.section(f"Options of {family.name} runs"):
                     formatter.write_dl(rows)
 
 
-@cli.command(cls=SampleCommand, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+@cli.command(cls=SampleCommand,
              help=_help("sample", "Sample from a trained run of any family (EMA weights). Beyond the options "
                                   "below, each family takes its own (listed after them)."))
 @click.argument("run_dir", type=click.Path(path_type=Path))
@@ -160,7 +177,7 @@ def sample(ctx, run_dir, n, class_, per_class, seed, batch_size, weights, device
     # Under torchrun each rank draws its share of the batches; rank 0 writes them all.
     dist, rank_device = distributed.setup(resolve_device(device))
     pipe = load(run_dir, device=rank_device, weights=weights)
-    options = family_options(ctx.args, get_family(pipe.config.family))
+    options = family_options(ctx.meta["family_options"], get_family(pipe.config.family))
     labels, n, nrow = parse_classes(class_, n, per_class, pipe, pipe.num_classes(**options))
     t0 = time.perf_counter()
     x = pipe.sample(n, seed=seed, labels=labels, batch_size=batch_size, dist=dist, **options)

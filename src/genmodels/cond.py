@@ -34,7 +34,7 @@ from torch import Tensor
 
 from .errors import ConfigError
 
-__all__ = ["COND_KEYS", "CondKey", "as_cond", "batch_size", "call_net", "cat", "check_keys", "check_reads", "drop", "index",
+__all__ = ["COND_KEYS", "CondKey", "as_cond", "batch_size", "call_net", "cat", "check_keys", "check_reads", "drop",
            "map_values", "null_value", "nulled", "select", "where"]
 
 
@@ -113,13 +113,20 @@ def map_values(fn: Callable[[Tensor], Tensor], cond: dict | None) -> dict:
 
 
 def _zip(fn, conds: list[dict]) -> dict:
-    keys = list(conds[0])
-    if any(list(c) != keys for c in conds[1:]):
-        raise ValueError(f"conditioning dicts disagree on keys: {[sorted(c) for c in conds]}")
+    """``fn`` over the values of each key (and nested key) across dicts with the same keys."""
+    def same_keys(dicts, where):
+        if any(set(d) != set(dicts[0]) for d in dicts[1:]):
+            raise ValueError(f"conditioning dicts disagree on the keys{where}: {[sorted(d) for d in dicts]}")
+
+    same_keys(conds, "")
     out = {}
-    for k in keys:
+    for k in conds[0]:
         values = [c[k] for c in conds]
-        out[k] = {kk: fn([v[kk] for v in values]) for kk in values[0]} if isinstance(values[0], dict) else fn(values)
+        if isinstance(values[0], dict):
+            same_keys(values, f" of {k!r}")
+            out[k] = {kk: fn([v[kk] for v in values]) for kk in values[0]}
+        else:
+            out[k] = fn(values)
     return out
 
 
@@ -134,11 +141,6 @@ def where(keep: Tensor, a: dict, b: dict) -> dict:
         first, second = values
         return torch.where(keep.reshape(-1, *([1] * (first.ndim - 1))), first, second)
     return _zip(pick, [a, b])
-
-
-def index(cond: dict | None, idx) -> dict:
-    """The samples ``idx`` (a slice, index tensor or mask) of every value."""
-    return map_values(lambda v: v[idx], cond)
 
 
 def select(cond: dict | None, keys) -> dict:

@@ -35,6 +35,7 @@ class CFGDenoiser(nn.Module):
         self.denoiser, self.scale = denoiser, float(scale)
         self.uncond = uncond if callable(uncond) else (lambda cond: {**cond, **uncond})
         self.interval = None if interval is None else (float(interval[0]), float(interval[1]))
+        self._cond = self._both = None  # the last batch's cond, and it beside its uncond
 
     def active(self, sigma) -> bool:
         if self.scale == 1.0:
@@ -50,7 +51,9 @@ class CFGDenoiser(nn.Module):
             return self.denoiser(x, sigma, cond)
         sigma = torch.as_tensor(sigma, device=x.device)
         sigma2 = torch.cat([sigma.expand(x.shape[0])] * 2) if sigma.ndim == 0 else torch.cat([sigma, sigma])
-        both = self.denoiser(torch.cat([x, x]), sigma2, cat([cond, self.uncond(cond)]))
+        if cond is not self._cond:  # samplers pass one dict for all steps of a batch: build the pair once
+            self._cond, self._both = cond, cat([cond, self.uncond(cond)])
+        both = self.denoiser(torch.cat([x, x]), sigma2, self._both)
         conditional, unconditional = both.chunk(2)
         return unconditional + self.scale * (conditional - unconditional)
 

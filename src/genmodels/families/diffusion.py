@@ -115,8 +115,9 @@ class DiffusionFamily(Family):
         reads = getattr(net, "cond_keys", frozenset())
         unread = sorted(set(objective.cond_dropout) - reads)
         if unread:
-            raise ConfigError(f"diffusion.cond_dropout names {unread}, which the network does not read "
-                              f"(it reads {sorted(reads) or 'no conditioning'})")
+            hint = "; for the labels set model.num_classes=auto" if "y" in unread else ""
+            raise ConfigError(f"diffusion.cond_dropout / label_dropout drop {unread}, which the network does not read "
+                              f"(it reads {sorted(reads) or 'no conditioning'}){hint}")
         return dataclasses.replace(objective, null=lambda key, value: null_value(net, key, value)), reads
 
     def training(self, ctx: TrainContext) -> TrainParts:
@@ -191,6 +192,7 @@ class Pipeline(PipelineBase):
     data_shape: tuple
     class_names: tuple
     device: torch.device
+    _classifiers: dict = field(default_factory=dict, init=False, repr=False)  # guiding classifiers, by run
 
     @property
     def denoiser(self):
@@ -200,28 +202,46 @@ class Pipeline(PipelineBase):
     def net_num_classes(self):
         return self.config.model.options.get("num_classes")
 
+    def classifier(self, classifier):
+        """A guiding classifier: a ``load_classifier`` result, or its run directory (loaded once)."""
+        if not isinstance(classifier, (str, Path)):
+            return classifier
+        key = str(Path(classifier).resolve())
+        if key not in self._classifiers:
+            self._classifiers[key] = load_classifier(classifier, device=self.device)
+        return self._classifiers[key]
+
     def num_classes(self, *, classifier=None, **options) -> int | None:
         """The classes of the network, or of the guiding ``classifier`` (a run or its directory)."""
         if self.net_num_classes is not None or classifier is None:
             return self.net_num_classes
-        if isinstance(classifier, (str, Path)):
-            classifier = load_classifier(classifier, device=self.device)
-        return classifier.net.num_classes
+        return self.classifier(classifier).net.num_classes
 
     @property
     def cond_keys(self) -> frozenset:
         """The conditioning keys the network reads."""
         return getattr(self.net, "cond_keys", frozenset())
 
-    def conditioning(self, n: int, *, labels=None, cond=None) -> dict:
-        """The conditioning of ``n`` samples: ``labels`` as ``y`` (checked), merged with ``cond``
-        (values with n rows, or one row for all)."""
+    def conditioning(self, n: int, *, labels=None, cond=None, num_classes=None, reads=None) -> dict:
+        """The conditioning of ``n`` samples, checked: ``labels`` as ``y``, merged with ``cond``
+        (values with n rows, or one row for all), every key one the network reads (or ``reads``)
+        and every class in 0..num_classes - 1 (default: the network's)."""
         cond = dict(as_cond(cond))
         check_keys(cond, where="cond")
-        if labels is not None:
-            if "y" in cond:
-                raise ConfigError("give the classes as labels or as cond['y'], not both")
-            cond["y"] = torch.as_tensor(check_labels(labels, n, self.net_num_classes), dtype=torch.long)
+        reads = self.cond_keys if reads is None else reads
+        unread = sorted(set(cond) - set(reads))
+        if unread:
+            raise ConfigError(f"this model reads no {unread} (it reads {sorted(reads) or 'no conditioning'})")
+        if labels is not None and "y" in cond:
+            raise ConfigError("give the classes as labels or as cond['y'], not both")
+        if labels is not None or "y" in cond:
+            given = labels if labels is not None else [int(v) for v in torch.as_tensor(cond["y"]).reshape(-1)]
+            if not isinstance(given, int) and len(given) == 1:
+                given = int(given[0])  # one class for all
+            num_classes = self.net_num_classes if num_classes is None else num_classes
+            if num_classes is None:
+                raise ConfigError("this model is not class-conditional; drop the class labels or pass a classifier")
+            cond["y"] = torch.as_tensor(check_labels(given, n, num_classes), dtype=torch.long)
 
         def rows(value):
             value = torch.as_tensor(value)
@@ -255,20 +275,21 @@ class Pipeline(PipelineBase):
         """
         if n < 1:
             raise ConfigError(f"n must be >= 1, got {n}")
-        if isinstance(classifier, (str, Path)):
-            classifier = load_classifier(classifier, device=self.device)
-        if labels is not None and self.net_num_classes is None:
-            if classifier is None:
-                raise ConfigError("this model is not class-conditional; drop the class labels or pass a classifier")
-            cond = {**as_cond(cond), "y": torch.as_tensor(check_labels(labels, n, classifier.net.num_classes))}
-            labels = None
-        cond = self.conditioning(n, labels=labels, cond=cond)
-        if (guidance != 1.0 or classifier is not None) and "y" not in cond and "text" not in cond:
-            raise ConfigError("guidance needs class labels (or another condition to guide on): pass labels "
-                              "(CLI: --class K or --class all)")
+        classifier = None if classifier is None else self.classifier(classifier)
+        if classifier is None:
+            cond = self.conditioning(n, labels=labels, cond=cond)
+        else:  # the classes are the classifier's; an unconditional net reads no y
+            cond = self.conditioning(n, labels=labels, cond=cond, num_classes=self.num_classes(classifier=classifier),
+                                     reads=self.cond_keys | {"y"})
+            if "y" not in cond:
+                raise ConfigError("classifier guidance needs class labels: pass labels (CLI: --class K or --class all)")
         denoiser = self.denoiser
         if guidance != 1.0:
-            keys = guidance_keys if guidance_keys is not None else [k for k in ("y", "text") if k in cond]
+            keys = list(guidance_keys) if guidance_keys is not None else [k for k in ("y", "text") if k in cond]
+            missing = [k for k in keys if k not in cond]
+            if not keys or missing:
+                raise ConfigError(f"guidance needs class labels (or the condition to guide on{': ' if missing else ''}"
+                                  f"{', '.join(missing)}): pass labels (CLI: --class K or --class all)")
             denoiser = CFGDenoiser(denoiser, guidance, nulled(self.net, keys), interval=guidance_interval)
         if classifier is not None:
             denoiser = ClassifierGuidance(denoiser, classifier, classifier_scale, denoiser_keys=self.cond_keys)
@@ -285,7 +306,7 @@ class Pipeline(PipelineBase):
     def invert(self, images, *, steps=50, spacing=None, labels=None, cond=None):
         """DDIM inversion: the noise that deterministic DDIM on the same grid maps to ``images``
         ([-1, 1], NCHW); returns (noise in VE coordinates, reconstruction, RMS round-trip error)."""
-        from ..samplers import ddim_invert, sample_ddim
+        from ..samplers import round_trip_error
 
         x0 = torch.as_tensor(images, dtype=torch.float32).to(self.device)
         if tuple(x0.shape[1:]) != tuple(self.data_shape):
@@ -293,9 +314,8 @@ class Pipeline(PipelineBase):
                               f"{tuple(self.data_shape)}")
         sigmas = sigma_grid(self.path, steps, **({} if spacing is None else {"spacing": spacing}))
         cond = map_values(lambda v: v.to(self.device), self.conditioning(len(x0), labels=labels, cond=cond)) or None
-        noise = ddim_invert(self.denoiser, x0, sigmas, cond=cond)
-        recon = sample_ddim(self.denoiser, noise.clone(), sigmas, cond=cond)
-        return noise.cpu(), recon.cpu(), (recon - x0).square().mean().sqrt().item()
+        noise, recon, rmse = round_trip_error(self.denoiser, x0, sigmas, cond=cond)
+        return noise.cpu(), recon.cpu(), rmse
 
     def sample_settings(self, *, sampler=None, steps=None, eta=None) -> dict:
         """The sampler settings ``sample`` gets for these overrides: the run's own otherwise."""

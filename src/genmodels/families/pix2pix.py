@@ -97,6 +97,8 @@ class Pix2PixPipeline(GANPipeline):
 
     def sample(self, n=64, *, seed=0, labels=None, cond=None, batch_size=64, progress=False, dist=None,
                **diffusion) -> torch.Tensor:
+        """Translations of ``cond["image"]`` (n inputs, or one for all), or of the test split's
+        first n inputs; the seed does not matter (the translator's dropout is off at sampling)."""
         _refuse(diffusion)
         if n < 1:
             raise ConfigError(f"n must be >= 1, got {n}")
@@ -105,7 +107,10 @@ class Pix2PixPipeline(GANPipeline):
         if cond:
             if set(cond) != {"image"}:
                 raise ConfigError(f"a Pix2Pix run reads only cond['image'] (its inputs); got {sorted(cond)}")
-            return self.translate(cond["image"], batch_size=batch_size)
+            images = torch.as_tensor(cond["image"])
+            if len(images) not in (1, n):
+                raise ConfigError(f"cond['image'] needs {n} input images (one per sample) or 1, got {len(images)}")
+            return self.translate(images.expand(n, *images.shape[1:]), batch_size=batch_size)
         from ..data import load_dataset
 
         data = self.config.data

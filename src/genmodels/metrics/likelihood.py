@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
+from ..cond import map_values
 from ..errors import DataError
 from ..progress import progress_bar
 
@@ -117,7 +118,7 @@ def ddpm_vlb(denoiser, path, x0, *, cond=None, steps=None, clip_denoised=True, g
     coef_xt = (1 - abar_prev) * (1 - betas).sqrt() / (1 - abar)
     x0 = x0.to(device, f64)
     dims = x0[0].numel()
-    cond = _to(cond, device)
+    cond = map_values(lambda v: v.to(device), cond) or None
     # noise is drawn on the generator's device (the CPU by default) and moved: the same seed
     # gives the same bound wherever the model runs
     g = generator if generator is not None else torch.Generator().manual_seed(0)
@@ -128,7 +129,7 @@ def ddpm_vlb(denoiser, path, x0, *, cond=None, steps=None, clip_denoised=True, g
 
     def denoise(x_t, n):
         with torch.inference_mode():
-            out = denoiser((x_t / abar[n].sqrt()).to(dtype), sigmas[n], **cond).to(f64)
+            out = denoiser((x_t / abar[n].sqrt()).to(dtype), sigmas[n], cond).to(f64)
         return out.clamp(-1, 1) if clip_denoised else out
 
     def sample_q(n):
@@ -163,10 +164,6 @@ def ddpm_vlb(denoiser, path, x0, *, cond=None, steps=None, clip_denoised=True, g
 
 def _params(module):
     return module.parameters() if isinstance(module, torch.nn.Module) else ()
-
-
-def _to(cond, device):
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in (cond or {}).items()}
 
 
 # ---- continuous models: the probability-flow ODE ------------------------------------------
@@ -218,7 +215,7 @@ def ode_log_likelihood(denoiser, x, *, sigma_min, sigma_max, prior_log_prob=None
     # the denoiser computes in its parameters' dtype and device (a plain function: x's)
     home = next(iter(_params(denoiser)), x)
     dtype, device = home.dtype, home.device
-    cond = _to(cond, device)
+    cond = map_values(lambda v: v.to(device), cond) or None
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     if probes < 1:
         raise ValueError(f"probes must be >= 1, got {probes}")
@@ -235,7 +232,7 @@ def ode_log_likelihood(denoiser, x, *, sigma_min, sigma_max, prior_log_prob=None
         bar.update(int(1000 * (u - u0) / (u1 - u0)) - bar.n)
         xt = torch.from_numpy(state[:-b]).view(shape).to(device, dtype).requires_grad_(True)
         with torch.enable_grad():
-            drift = xt - denoiser(xt, torch.tensor(math.exp(u), dtype=torch.float64, device=device), **cond)
+            drift = xt - denoiser(xt, torch.tensor(math.exp(u), dtype=torch.float64, device=device), cond)
             div = _divergence(drift, xt, probe)
         out = torch.cat([drift.detach().flatten(), div.detach()])
         return out.to("cpu", torch.float64).numpy()

@@ -11,8 +11,9 @@
 - likelihoods are measured on the held-out split: the DDPM bound for discrete DDPM paths, the
   probability-flow ODE on dequantized data for continuous paths (``likelihood.py``).
 
-    result = evaluate_run("runs/mnist", metrics=["fd_cnn", "kid"], n=1000, seeds=[0, 1])
+    result = evaluate(genmodels.load("runs/mnist"), metrics=["fd_cnn", "kid"], n=1000, seeds=[0, 1])
     scores = compare_images(real, fake, features="mnist")       # {"fd_cnn": ..., "kid": ...}
+    # genmodels.evaluate("runs/mnist", ...) loads the run and calls evaluate
 """
 
 from __future__ import annotations
@@ -31,13 +32,10 @@ from ..errors import ConfigError, DataError
 from ..paths import cache_dir
 from ..train.checkpoint import atomic_write
 from .features import FeatureNet, feature_net, feature_net_for, feature_net_id
-from .frechet import fd
-from .kid import kid
 from .registry import METRICS, EvalInputs, compute, default_metrics, needs, parse_metrics
-from .toy import mmd_rbf, wasserstein
 
-__all__ = ["REFERENCE_SPLITS", "SEED_STRIDE", "reference_features", "image_scores", "compare_images",
-           "toy_scores", "evaluate", "EvalResult", "parse_metrics", "format_table", "METRICS"]
+__all__ = ["REFERENCE_SPLITS", "SEED_STRIDE", "reference_features", "compare_images", "evaluate", "EvalResult",
+           "parse_metrics", "format_table", "METRICS"]
 
 REFERENCE_SPLITS = {"mnist": "all", "fashion": "test", "digits": "all"}
 SEED_STRIDE = 1_000_000  # sample i of evaluation seed s uses seed s * SEED_STRIDE + i
@@ -63,22 +61,13 @@ def reference_features(dataset: str, net: FeatureNet, *, split=None, progress=Tr
     return features
 
 
-# ---- scores over features -------------------------------------------------------------------
-def image_scores(real_features, fake_features, *, metrics, fake_logits=None, labels=None,
-                 fd_name="fd_cnn", kid_subsets=100, kid_subset_size=1000, seed=0, timings=None) -> dict:
-    """The image metrics in ``metrics`` over features (and classifier logits): a flat dict."""
-    inputs = EvalInputs("image", real_features=real_features, fake_features=fake_features, fake_logits=fake_logits,
-                        fd_name=fd_name, labels=labels, seed=seed)
-    return compute(metrics, inputs, timings=timings,
-                   options={"kid": {"subsets": kid_subsets, "subset_size": kid_subset_size}})
-
-
 def compare_images(real, fake, *, features="mnist", metrics=DEFAULT_IMAGE_METRICS, labels=None,
-                   convert=False, progress=True, **options) -> dict:
+                   convert=False, progress=True, metric_options=None) -> dict:
     """Scores of image tensors ``fake`` against ``real`` ([N, C, H, W] in [-1, 1]) in the
     features of ``features`` (a dataset name, a file, or a FeatureNet); plus "features": its name,
     and "converted": what was done to fit images of another shape to it (only with ``convert``;
-    else they are refused), or None."""
+    else they are refused), or None. ``metric_options``: {metric: {option: value}} over the
+    registry's defaults, e.g. {"kid": {"subsets": 20}}."""
     metrics = parse_metrics(metrics, kind="image")
     if needs(metrics, "model"):
         raise ConfigError("nll needs a model, not a set of images; evaluate a run directory")
@@ -88,14 +77,8 @@ def compare_images(real, fake, *, features="mnist", metrics=DEFAULT_IMAGE_METRIC
     fake_f, fake_logits = net.features_and_logits(fake, convert=convert, progress=progress)
     inputs = EvalInputs("image", samples=fake, real_features=real_f, fake_features=fake_f, fake_logits=fake_logits,
                         fd_name=f"fd_{net.tag}", labels=labels)
-    scores = compute(metrics, inputs, options=options)
+    scores = compute(metrics, inputs, options=metric_options)
     return {**scores, "features": net.name, "n_real": len(real), "n_fake": len(fake), "converted": converted}
-
-
-def toy_scores(dist, reference, samples, *, metrics) -> dict:
-    """The 2-D metrics in ``metrics`` of ``samples`` [M, 2] against ``reference`` [N, 2] drawn
-    from toy distribution ``dist`` (whose density and modes are used where it has them)."""
-    return compute(metrics, EvalInputs("points", samples=samples, reference=reference, dist=dist))
 
 
 # ---- whole runs -----------------------------------------------------------------------------
@@ -276,11 +259,12 @@ def proxy_evaluator(cfg, dataset, draw, *, n):
         start = time.perf_counter()
         x = draw(range(PROXY_SEED, PROXY_SEED + n), labels)
         if images:
-            fake = net.features(x.clamp(-1, 1), convert=True)
-            scores = {f"fd_{net.tag}": fd(reference, fake),
-                      "kid": kid(reference, fake, subsets=20, subset_size=min(n, 1000)).mean}
+            inputs = EvalInputs("image", real_features=reference, fake_features=net.features(x.clamp(-1, 1), convert=True),
+                                fd_name=f"fd_{net.tag}")
+            scores = compute(["fd_cnn", "kid"], inputs, options={"kid": {"subsets": 20, "subset_size": min(n, 1000)}})
+            scores.pop("kid_std")  # over 20 subsets of one small draw: not worth a column
         else:
-            scores = {"w2": wasserstein(reference, x, p=2), "mmd": mmd_rbf(reference, x)}
+            scores = compute(["w2", "mmd"], EvalInputs("points", samples=x, reference=reference))
         return {"eval": "proxy", "n": n, **scores, "eval_s": round(time.perf_counter() - start, 2)}
 
     return evaluate

@@ -180,7 +180,8 @@ class UNet(nn.Module):
         context = None
         if self.context_dim:
             text = cond.get("text") or self.null_text_for(batch, x.device)
-            context = _text_context(text, batch, self.context_dim)
+            states, mask = _text_context(text, batch, self.context_dim)
+            context = (states.to(x.dtype), mask)  # an encoder's fp16/fp64 states meet the net's dtype
             if text.get("pooled") is not None:
                 emb = emb + self.text_embed(text["pooled"].to(emb.dtype))
         if self.concat_cond:
@@ -243,11 +244,9 @@ def _per_sample(c_noise: Tensor | float, batch: int) -> Tensor:
 
 def _class_embedding(table: nn.Embedding | None, num_classes: int | None, y: Tensor | None,
                      batch: int, device: torch.device) -> Tensor | float:
-    """Embedding of the class labels ``y [B]``; ``y=None`` selects the null class ``num_classes``."""
+    """Embedding of the class labels ``y [B]``; ``y=None`` selects the null class ``num_classes``.
+    (Labels for a net without a table never get here: ``check_reads`` refuses them first.)"""
     if table is None:
-        if y is not None:
-            raise ValueError("class labels y were given but the network is unconditional; "
-                             "build it with num_classes=<number of classes> or pass y=None")
         return 0.0
     if y is None:
         y = torch.full((batch,), num_classes, dtype=torch.long, device=device)

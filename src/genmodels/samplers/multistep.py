@@ -110,11 +110,13 @@ def sample_unipc(denoiser, x, sigmas, *, order=2, corrector=True, lower_order_fi
     if order not in (1, 2, 3):
         raise ValueError(f"UniPC order must be 1, 2 or 3, got {order}")
     n_steps = len(sigmas) - 1
-    state = {"history": [], "last": None, "order": 1, "i": 0}
+    state = {"history": [], "last": None, "order": 1, "i": 0, "returned": None}
 
     def step(x, denoised, sigma, sigma_next):
         history, i = state["history"], state["i"]
-        if corrector and state["last"] is not None:
+        # the corrector refines the point the last step made; a state a step callback put in its
+        # place (inpainting's paste) is kept as it is
+        if corrector and state["last"] is not None and x is state["returned"]:
             last_x, last_sigma = state["last"]
             x = _unipc_update(last_x, last_sigma, sigma, history[0][1], history[1:], state["order"],
                               corrector_output=denoised)
@@ -124,6 +126,7 @@ def sample_unipc(denoiser, x, sigmas, *, order=2, corrector=True, lower_order_fi
         state.update(last=(x, sigma), order=this_order, i=i + 1)
         if sigma_next == 0:
             return denoised
-        return _unipc_update(x, sigma, sigma_next, denoised, history[1:], this_order)
+        state["returned"] = _unipc_update(x, sigma, sigma_next, denoised, history[1:], this_order)
+        return state["returned"]
 
     return sample_loop(step, denoiser, x, sigmas, cond=cond, callback=callback, progress=progress)

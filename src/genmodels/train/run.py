@@ -91,14 +91,16 @@ def prepare(cfg: Config, run_dir, *, resume=False, dist: Dist = Dist(), device=N
         module.to(device=device, memory_format=memory_format)
     torch.manual_seed(derive_seed(t.seed, DROPOUT_STREAM, dist.rank))  # the weights are drawn: now per rank
 
-    record = {"config": to_dict(cfg), "data_shape": list(dataset.shape),
-              "class_names": list(dataset.class_names), "genmodels_version": __version__,
-              "bases": {field: base_record(path) for field, path in references.items()}}
     if resume:
         saved_record = json.loads((run_dir / "config.json").read_text())
         check_resumable(saved_record["config"], cfg, FROZEN_SECTIONS + tuple(family.frozen_sections))
-        for field, recorded in saved_record.get("bases", {}).items():  # the bases it started on, unchanged
+        bases_record = saved_record.get("bases", {})
+        for field, recorded in bases_record.items():  # the bases it started on, unchanged
             check_base(field, recorded, run_dir=run_dir)
+    else:
+        bases_record = {field: base_record(path) for field, path in references.items()}
+    record = {"config": to_dict(cfg), "data_shape": list(dataset.shape),
+              "class_names": list(dataset.class_names), "genmodels_version": __version__, "bases": bases_record}
 
     # The data live on the device as one tensor; each micro-batch is one index gather.
     on_device = dataclasses.replace(dataset, x=dataset.x.to(device),
