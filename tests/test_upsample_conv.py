@@ -108,8 +108,9 @@ def test_unet_equals_textbook_upsampling():
     assert textbook_path.call_count == sum(isinstance(m, layers.Upsample) for m in net.modules()) == 2
     torch.testing.assert_close(ours[0], textbook[0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(ours[1], textbook[1], rtol=1e-4, atol=1e-5)
-    for name in ours[2]:
-        torch.testing.assert_close(ours[2][name], textbook[2][name], rtol=1e-3, atol=1e-5, msg=name)
+    for name in ours[2]:  # float32 sums: entries near 0 of a gradient up to ~30 differ by ~1e-5 on the PyTorch path
+        scale = textbook[2][name].abs().max().item()
+        torch.testing.assert_close(ours[2][name], textbook[2][name], rtol=1e-3, atol=max(1e-5, 2e-6 * scale), msg=name)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
