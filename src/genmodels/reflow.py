@@ -24,6 +24,9 @@ def _check_flow(pipe):
     if pipe.config.diffusion.path != "rectified_flow":
         raise ConfigError(f"reflow needs a rectified-flow run (diffusion.path=rectified_flow); "
                           f"'{pipe.run_dir}' is a {pipe.config.diffusion.path} run")
+    if getattr(pipe, "latent", None) is not None:
+        raise ConfigError(f"reflow works on pixel-space flows; '{pipe.run_dir}' is a latent run "
+                          "(latent.autoencoder), whose pairs would be latents")
 
 
 @torch.inference_mode()

@@ -79,10 +79,14 @@ class Dataset:
     kind: str
     noise: Tensor | None = None  # pairs: the noise each x was generated from (reflow)
     cond: dict = field(default_factory=dict)  # key -> [N, ...]: e.g. "image" for edges:SET pairs
+    # latents of a KL autoencoder: each time an item is served it is x + x_std * a fresh N(0, I) draw
+    x_std: Tensor | None = None
 
     def __post_init__(self):
         if self.y is not None and len(self.y) != len(self.x):
             raise DataError(f"dataset {self.name}: {len(self.x)} items but {len(self.y)} labels")
+        if self.x_std is not None and self.x_std.shape != self.x.shape:
+            raise DataError(f"dataset {self.name}: x_std has shape {tuple(self.x_std.shape)}, x {tuple(self.x.shape)}")
         for key, value in self.cond.items():
             if len(value) != len(self.x):
                 raise DataError(f"dataset {self.name}: {len(self.x)} items but {len(value)} '{key}' conditions")

@@ -20,6 +20,8 @@ from genmodels.errors import ConfigError
 
 __all__ = ["InfiniteBatches", "derive_seed"]
 
+POSTERIOR_STREAM = 3  # derive_seed(seed, epoch, pos, rank, POSTERIOR_STREAM): latent posterior draws
+
 
 def derive_seed(*parts: int) -> int:
     """A well-mixed 63-bit seed from integers (e.g. ``(seed, epoch)``), for torch.Generator."""
@@ -32,6 +34,10 @@ class InfiniteBatches:
     """Iterator of batch dicts ``{"x": [B, ...], "cond": {...}}``: ``cond`` holds the dataset's
     ``conditions()`` (the labels as ``"y"`` when labelled, image pairs' ``"image"``, ...), and
     ``"noise"`` is added for reflow pairs.
+
+    A dataset with ``x_std`` (a KL autoencoder's latents) serves ``x + x_std * eps``, eps a fresh
+    N(0, I) draw from a generator seeded by (seed, epoch, position): a new reparameterised draw
+    of every item each epoch, the same on a resumed run.
 
     Holds the dataset tensors (moved once to ``device``), this rank's shard of the current
     epoch's permutation, and the position ``pos`` (items of the shard already served). The last
@@ -54,6 +60,8 @@ class InfiniteBatches:
         self.cond = {key: value.to(device) for key, value in dataset.conditions().items()}
         noise = getattr(dataset, "noise", None)
         self.noise = None if noise is None else noise.to(device)
+        x_std = getattr(dataset, "x_std", None)
+        self.x_std = None if x_std is None else x_std.to(device)
         self.batch_size = batch_size
         self.seed = seed
         self.rank = rank
@@ -70,9 +78,13 @@ class InfiniteBatches:
 
     def __next__(self) -> dict[str, Tensor]:
         index = self._current_shard()[self.pos : self.pos + self.batch_size]
+        x = self.x[index]
+        if self.x_std is not None:
+            g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, self.pos, self.rank, POSTERIOR_STREAM))
+            x = x + self.x_std[index] * torch.randn(x.shape, generator=g).to(x.device)
         self.pos += self.batch_size
         self._roll_over_if_exhausted()
-        batch = {"x": self.x[index], "cond": {key: value[index] for key, value in self.cond.items()}}
+        batch = {"x": x, "cond": {key: value[index] for key, value in self.cond.items()}}
         if self.noise is not None:
             batch["noise"] = self.noise[index]
         return batch

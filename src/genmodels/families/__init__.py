@@ -3,7 +3,7 @@
 The seam (``base``: the ``Family`` contract, ``SampleOption``, ``TrainContext``, ``LoadedRun``,
 the ``FAMILIES`` registry), the one load seam (``loading``: ``load_run``, ``load``), and the
 built-in families, each in its own file: ``diffusion`` (and ``classifier``), ``vae``, ``gan``,
-``pix2pix``. Importing this package registers them.
+``pix2pix``, ``autoencoder``. Importing this package registers them.
 
     >>> pipe = genmodels.families.load("runs/demo")
     >>> x = pipe.sample(16, seed=0)
@@ -12,7 +12,8 @@ built-in families, each in its own file: ``diffusion`` (and ``classifier``), ``v
 from .base import (FAMILIES, RUN_REFERENCES, Family, LoadedRun, SampleOption, TrainContext, TrainParts,
                    check_labels, register)
 from .loading import WEIGHT_FILES, base_record, get_family, load, load_run, read_run_config, run_references
-from . import diffusion, gan, pix2pix, vae  # noqa: E402,F401  (each registers its family)
+from .. import latent  # noqa: E402,F401  (the latent section: latent diffusion's seam)
+from . import autoencoder, diffusion, gan, pix2pix, vae  # noqa: E402,F401  (each registers its family)
 from .diffusion import Pipeline, load_classifier  # noqa: E402
 
 __all__ = ["FAMILIES", "Family", "LoadedRun", "Pipeline", "RUN_REFERENCES", "SampleOption", "TrainContext",

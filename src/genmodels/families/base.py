@@ -245,6 +245,18 @@ class PipelineBase:
                           "(drop it from --metrics)")
 
 
+class Reconstructor:
+    """A pipeline with an encoder and a decoder (VAE, autoencoder): ``inputs(x)`` (what the
+    encoder sees of images ``x``), ``encode``, ``decode``, ``reconstruct(x)``; the CLI's
+    ``reconstruct`` verb works on any of them."""
+
+    def inputs(self, x):
+        raise NotImplementedError
+
+    def reconstruct(self, x):
+        raise NotImplementedError
+
+
 def check_labels(labels, n: int, num_classes: int | None) -> list | None:
     """``labels`` (one class for all, or one per sample) as a list of ``n``, checked against a
     model with ``num_classes`` classes (None: not class-conditional)."""
@@ -261,5 +273,5 @@ def check_labels(labels, n: int, num_classes: int | None) -> list | None:
     return labels
 
 
-__all__ = ["FAMILIES", "Family", "LoadedRun", "PipelineBase", "RUN_REFERENCES", "SampleOption", "TrainContext",
+__all__ = ["FAMILIES", "Family", "LoadedRun", "PipelineBase", "RUN_REFERENCES", "Reconstructor", "SampleOption", "TrainContext",
            "TrainParts", "check_labels", "register"]

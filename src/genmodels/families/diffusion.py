@@ -24,6 +24,7 @@ from ..diffusion.paths import PATHS, SCHEDULES, T_SAMPLINGS
 from ..diffusion.sigmas import SIGMA_SPACINGS, TIMESTEP_SPACINGS
 from ..errors import ConfigError
 from ..images import save_grid, scatter_plot
+from ..latent import latent_space
 from ..metrics.likelihood import (bits_per_dim, ddpm_vlb, dequantize, ode_log_likelihood,
                                   ode_sigma_range)
 from ..objectives.couplings import COUPLINGS
@@ -142,12 +143,16 @@ class DiffusionFamily(Family):
 
     @staticmethod
     def _draw(ctx, ema, path, param):
-        """draw(seeds, labels) -> samples from the current EMA weights with the preview's sampler."""
-        s = ctx.cfg.sample
-        return lambda seeds, labels=None: generate(
-            build.make_denoiser(ema.module, path, param), path, shape=ctx.dataset.shape, seeds=seeds,
-            sampler=s.sampler, steps=min(s.steps, 25), eta=s.eta, cond=_label_cond(labels, ctx.device),
-            device=ctx.device)
+        """draw(seeds, labels) -> samples from the current EMA weights with the preview's sampler
+        (latent runs: decoded by the frozen autoencoder)."""
+        s, space = ctx.cfg.sample, latent_space(ctx.cfg, ctx.bases)
+
+        def draw(seeds, labels=None):
+            x = generate(build.make_denoiser(ema.module, path, param), path, shape=ctx.dataset.shape, seeds=seeds,
+                         sampler=s.sampler, steps=min(s.steps, 25), eta=s.eta, cond=_label_cond(labels, ctx.device),
+                         device=ctx.device)
+            return x if space is None else space.decode(x)
+        return draw
 
     def _preview(self, ctx, ema, path, param):
         draw, dataset = self._draw(ctx, ema, path, param), ctx.dataset
@@ -170,7 +175,7 @@ class DiffusionFamily(Family):
     def load(self, run: LoadedRun) -> Pipeline:
         path, param, _ = self.parts(run.config)
         return Pipeline(run.run_dir, run.config, run.modules["net"], path, param, run.data_shape,
-                        run.class_names, run.device)
+                        run.class_names, run.device, latent=latent_space(run.config, run.bases))
 
     def verbs(self) -> list:
         return [invert, reflow]  # the CLI commands defined below
@@ -182,7 +187,9 @@ def _label_cond(labels, device) -> dict | None:
 
 @dataclass
 class Pipeline(PipelineBase):
-    """Everything rebuilt from a run directory: config, network (EMA weights by default), path."""
+    """Everything rebuilt from a run directory: config, network (EMA weights by default), path;
+    for a latent diffusion run its ``latent`` space (``genmodels.latent.LatentSpace``): sampling
+    runs on latents of ``latent_shape`` and decodes at the end, ``data_shape`` is the images'."""
 
     run_dir: Path
     config: object
@@ -192,7 +199,13 @@ class Pipeline(PipelineBase):
     data_shape: tuple
     class_names: tuple
     device: torch.device
+    latent: object = None  # LatentSpace of a latent diffusion run
     _classifiers: dict = field(default_factory=dict, init=False, repr=False)  # guiding classifiers, by run
+
+    @property
+    def latent_shape(self) -> tuple:
+        """The shape the network denoises: the latent's, or the images' in pixel space."""
+        return self.data_shape if self.latent is None else self.latent.shape
 
     @property
     def denoiser(self):
@@ -269,7 +282,9 @@ class Pipeline(PipelineBase):
         clipping x0. ``classifier``: a ``load_classifier`` result (or its run directory) for
         classifier guidance with ``classifier_scale``; works on unconditional models too.
         ``x_start`` / ``init_images`` with ``start_sigma`` or ``strength``: start mid-way
-        (``samplers.generate``); ``callback``: the per-step callback (``samplers.base``).
+        (``samplers.generate``); ``callback``: the per-step callback (``samplers.base``). Latent
+        runs: ``init_images`` are images (encoded here), ``x_start`` and what the callback sees
+        are latents; the result is decoded.
         ``dist``: split the batches over the ranks of a torchrun launch (see ``generate``).
         Other keywords go to the sampler (``s_churn``, ``order``, ``rtol``, ...).
         """
@@ -295,27 +310,37 @@ class Pipeline(PipelineBase):
             denoiser = ClassifierGuidance(denoiser, classifier, classifier_scale, denoiser_keys=self.cond_keys)
         if dynamic_threshold is not None:
             denoiser = DynamicThresholding(denoiser, dynamic_threshold)
-        x = generate(denoiser, self.path, shape=self.data_shape, seeds=range(seed, seed + n),
+        if init_images is not None and self.latent is not None:
+            init_images = self.latent.encode(init_images)
+        x = generate(denoiser, self.path, shape=self.latent_shape, seeds=range(seed, seed + n),
                      sampler=sampler, steps=steps, eta=eta, spacing=spacing, sigma_max=sigma_max, cond=cond,
                      batch_size=batch_size, device=self.device, progress=progress, options=options,
                      x_start=x_start, init_images=init_images, start_sigma=start_sigma, strength=strength,
                      callback=callback, dist=dist)
+        if self.latent is not None:
+            x = self.latent.decode(x)
         return x.clamp(-1, 1) if len(self.data_shape) == 3 else x
 
     @torch.inference_mode()
     def invert(self, images, *, steps=50, spacing=None, labels=None, cond=None):
         """DDIM inversion: the noise that deterministic DDIM on the same grid maps to ``images``
-        ([-1, 1], NCHW); returns (noise in VE coordinates, reconstruction, RMS round-trip error)."""
+        ([-1, 1], NCHW); returns (noise in VE coordinates, reconstruction, RMS round-trip error).
+        Latent runs invert the images' latents: the noise and the error are in latent space, the
+        reconstruction is decoded."""
         from ..samplers import round_trip_error
 
-        x0 = torch.as_tensor(images, dtype=torch.float32).to(self.device)
+        x0 = torch.as_tensor(images, dtype=torch.float32)
         if tuple(x0.shape[1:]) != tuple(self.data_shape):
             raise ConfigError(f"images of shape {tuple(x0.shape[1:])} do not fit this model's "
                               f"{tuple(self.data_shape)}")
+        if self.latent is not None:
+            x0 = self.latent.encode(x0)
+        x0 = x0.to(self.device)
         sigmas = sigma_grid(self.path, steps, **({} if spacing is None else {"spacing": spacing}))
         cond = map_values(lambda v: v.to(self.device), self.conditioning(len(x0), labels=labels, cond=cond)) or None
         noise, recon, rmse = round_trip_error(self.denoiser, x0, sigmas, cond=cond)
-        return noise.cpu(), recon.cpu(), rmse
+        recon = recon.cpu() if self.latent is None else self.latent.decode(recon)
+        return noise.cpu(), recon, rmse
 
     def sample_settings(self, *, sampler=None, steps=None, eta=None) -> dict:
         """The sampler settings ``sample`` gets for these overrides: the run's own otherwise."""
@@ -335,6 +360,9 @@ class Pipeline(PipelineBase):
         if nll_k is not None:
             raise ConfigError("nll_k (--nll-k) is the IWAE sample count of VAE runs; this run's nll uses "
                               "nll_steps / nll_method")
+        if self.latent is not None and (nll_method or nll_steps):
+            raise ConfigError("a latent diffusion run has no image likelihood (its density is over latents, and "
+                              "the decoder has none); drop nll from --metrics")
         method = nll_method or "auto"
         if method not in ("auto", "vlb", "ode"):
             raise ConfigError(f"nll method must be auto, vlb or ode, got {method!r}")
@@ -346,6 +374,9 @@ class Pipeline(PipelineBase):
         """Likelihood of held-out data ``x``: the DDPM bound in bits/dim (``vlb``), or the PF-ODE's
         log-density on dequantized data, as bits/dim for images and nats for points (``ode``).
         ``cond``: the items' conditioning (what the network reads of it is used)."""
+        if self.latent is not None:
+            raise ConfigError("a latent diffusion run has no image likelihood (its density is over latents, and "
+                              "the decoder has none); drop nll from --metrics")
         x = x.to(self.device)
         cond = map_values(lambda v: v.to(self.device), select(cond, self.cond_keys)) or None
         images = len(self.data_shape) == 3
@@ -415,7 +446,10 @@ def invert(run_dir, n, steps, spacing, device, out):
     cond = select({k: v[:n] for k, v in test.conditions().items()}, pipe.cond_keys)
     noise, recon, rmse = pipe.invert(test.x[:n], steps=steps, spacing=spacing, cond=cond)
     scale = noise.flatten(1).std(1).reshape(-1, 1, 1, 1)
-    save_grid(torch.cat([test.x[:n], (noise / scale).clamp(-1, 1), recon.clamp(-1, 1)]), out, nrow=n, scale=2)
+    rows = [test.x[:n], (noise / scale).clamp(-1, 1), recon.clamp(-1, 1)]
+    if pipe.latent is not None:  # the noise is a latent of another shape: rows image / reconstruction
+        rows.pop(1)
+    save_grid(torch.cat(rows), out, nrow=n, scale=2)
     click.echo(f"round-trip RMS error {rmse:.4f} (images in [-1, 1]) over {n} test images, {steps} steps -> {out}")
 
 

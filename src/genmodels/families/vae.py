@@ -25,7 +25,7 @@ from ..objectives.vae import (LIKELIHOODS, IWAEBound, VAEObjective, active_units
 from ..samplers import SeededNoise
 from ..train.distributed import Dist
 from ..train.trainer import Phase
-from .base import Family, LoadedRun, PipelineBase, SampleOption, TrainContext, TrainParts, register
+from .base import Family, LoadedRun, PipelineBase, Reconstructor, SampleOption, TrainContext, TrainParts, register
 from .loading import load
 
 VAE_NETWORKS = ("vae_mlp", "vae_conv")
@@ -114,7 +114,7 @@ class VAEFamily(Family):
 
 
 @dataclass
-class VAEPipeline(PipelineBase):
+class VAEPipeline(PipelineBase, Reconstructor):
     """A trained VAE: prior samples, encode / decode, reconstructions, interpolations, and the
     IWAE likelihood bound. Images are [-1, 1] NCHW; decoded images are the likelihood's means."""
 
@@ -268,12 +268,12 @@ def interpolate_latents(za: torch.Tensor, zb: torch.Tensor, *, steps: int, metho
 _DEVICE = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 
 
-def _load_vae(run_dir, device) -> VAEPipeline:
+def _load_vae(run_dir, device, *, kind=VAEPipeline, what="a VAE (family: vae)") -> VAEPipeline:
     from ..errors import GenmodelsError
 
     pipe = load(run_dir, device=device)
-    if not isinstance(pipe, VAEPipeline):
-        raise GenmodelsError(f"'{run_dir}' holds a {pipe.config.family} run; this command needs a VAE (family: vae)")
+    if not isinstance(pipe, kind):
+        raise GenmodelsError(f"'{run_dir}' holds a {pipe.config.family} run; this command needs {what}")
     return pipe
 
 
@@ -325,21 +325,24 @@ def interpolate(run_dir, a, b, steps, method, device, out):
     click.echo(f"{' and '.join(methods)} interpolation, {steps} steps ({len(rows)} row(s)) -> {out}")
 
 
-@click.command(help="A VAE run's reconstructions of held-out images: rows of test images and their decoded "
-                    "posterior means.\n\n\b\nExample:\n  genmodels reconstruct runs/vae --n 16 --out recon.png")
+@click.command(help="A VAE or autoencoder run's reconstructions of held-out images: rows of test images and "
+                    "their decoded posterior means, with the PSNR.\n\n\b\nExample:\n  genmodels reconstruct "
+                    "runs/vae --n 16 --out recon.png\n  genmodels reconstruct runs/emoji-ae --n 16")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--n", default=8, show_default=True, help="Test images (a row of at most 8 each).")
 @_DEVICE
 @click.option("--out", "out", default="reconstructions.png", show_default=True)
 def reconstruct(run_dir, n, device, out):
-    pipe = _load_vae(run_dir, device)
+    pipe = _load_vae(run_dir, device, kind=Reconstructor, what="a VAE or an autoencoder run")
     x = _test_split(pipe).x[:n]
     inputs, recon = pipe.inputs(x).cpu(), pipe.reconstruct(x)
     per_row = min(8, len(x))
     rows = [t for start in range(0, len(x), per_row) for t in (inputs[start:start + per_row], recon[start:start + per_row])]
     save_grid(torch.cat(rows), out, nrow=per_row, scale=2)
     mse = (recon - inputs).square().mean().item()
-    click.echo(f"{len(x)} test images and their reconstructions (MSE {mse:.4f} in [-1, 1]) -> {out}")
+    psnr = 10 * math.log10(4.0 / max(mse, 1e-12))  # peak-to-peak 2 in [-1, 1]
+    click.echo(f"{len(x)} test images and their reconstructions (MSE {mse:.4f} in [-1, 1], PSNR {psnr:.2f} dB) "
+               f"-> {out}")
 
 
 register(VAEFamily())

@@ -18,6 +18,7 @@ from ..data import InfiniteBatches, derive_seed, load_dataset
 from ..errors import CheckpointError, ConfigError
 from ..families.base import TrainContext
 from ..families.loading import base_record, check_base, get_family, load_run, run_references
+from ..latent import latent_training_data
 from . import distributed
 from .checkpoint import load_weights, save_json
 from .distributed import Dist
@@ -81,6 +82,11 @@ def prepare(cfg: Config, run_dir, *, resume=False, dist: Dist = Dist(), device=N
     # the frozen runs this one builds on (model.base, ...): recorded with their weights' sha256
     references = run_references(cfg)
     bases = {field: load_run(path, device=device) for field, path in references.items()}
+    saved_record = json.loads((run_dir / "config.json").read_text()) if resume else None
+    if resume and cfg.latent.autoencoder and cfg.latent.scale_factor is None:  # the scale it trained with
+        cfg.latent.scale_factor = saved_record["config"].get("latent", {}).get("scale_factor")
+    image_shape = dataset.shape
+    dataset = latent_training_data(cfg, dataset, bases, progress=dist.is_main)  # latent runs: cached latents
     cfg.model.options = options = family.network_options(cfg, dataset)
     modules = family.build(cfg, options)
     if t.init_from and not resume:
@@ -92,20 +98,23 @@ def prepare(cfg: Config, run_dir, *, resume=False, dist: Dist = Dist(), device=N
     torch.manual_seed(derive_seed(t.seed, DROPOUT_STREAM, dist.rank))  # the weights are drawn: now per rank
 
     if resume:
-        saved_record = json.loads((run_dir / "config.json").read_text())
-        check_resumable(saved_record["config"], cfg, FROZEN_SECTIONS + tuple(family.frozen_sections))
+        latent = ("latent",) if cfg.latent.autoencoder else ()
+        check_resumable(saved_record["config"], cfg, FROZEN_SECTIONS + tuple(family.frozen_sections) + latent)
         bases_record = saved_record.get("bases", {})
         for field, recorded in bases_record.items():  # the bases it started on, unchanged
             check_base(field, recorded, run_dir=run_dir)
     else:
         bases_record = {field: base_record(path) for field, path in references.items()}
-    record = {"config": to_dict(cfg), "data_shape": list(dataset.shape),
+    # data_shape: what samples are (images); latent runs also record the shape the network sees
+    record = {"config": to_dict(cfg), "data_shape": list(image_shape),
+              **({"latent_shape": list(dataset.shape)} if dataset.shape != image_shape else {}),
               "class_names": list(dataset.class_names), "genmodels_version": __version__, "bases": bases_record}
 
     # The data live on the device as one tensor; each micro-batch is one index gather.
     on_device = dataclasses.replace(dataset, x=dataset.x.to(device),
                                     y=None if dataset.y is None else dataset.y.to(device),
                                     noise=None if dataset.noise is None else dataset.noise.to(device),
+                                    x_std=None if dataset.x_std is None else dataset.x_std.to(device),
                                     cond={k: v.to(device) for k, v in dataset.cond.items()})
     ctx = TrainContext(cfg=cfg, dataset=on_device, device=device, dist=dist, modules=modules,
                        autocast=build.autocast_dtype(t.precision, device), channels_last=channels_last, bases=bases)

@@ -51,6 +51,7 @@ class Phase:
     optimizer: torch.optim.Optimizer
     grad_clip: float | None = None
     every: int = 1  # run on the steps where step % every == every - 1 (a GAN's G: every n_critic)
+    active: Callable[[], bool] | None = None  # None: always; else skipped while it returns False (a late discriminator)
 
 
 @dataclass
@@ -156,7 +157,7 @@ class Trainer:
         n = len(micro_batches)
         losses, scalars = [], {}
         for phase in self.phases:
-            if self.progress.step % phase.every != phase.every - 1:
+            if self.progress.step % phase.every != phase.every - 1 or (phase.active and not phase.active()):
                 continue
             phase.optimizer.zero_grad(set_to_none=True)
             total, logged = 0.0, {}

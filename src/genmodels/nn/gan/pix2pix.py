@@ -52,15 +52,18 @@ class UNetGenerator(nn.Module):
 class PatchDiscriminator(nn.Module):
     """PatchGAN (Pix2Pix sec. 3.2.2): D(x, cond) sees the pair stacked on channels and returns one
     logit per overlapping patch, [B, 1, s/4, s/4] (receptive field 16 px at 28x28: the L1 term
-    handles the low frequencies, D the local sharpness)."""
+    handles the low frequencies, D the local sharpness). ``cond_channels=0``: unconditional,
+    D(x) (the autoencoder family's discriminator, as in VQ-GAN)."""
 
     def __init__(self, *, channels: int = 1, cond_channels: int = 1, image_size: int = 28,
                  base_channels: int = 32, spectral_norm: bool = False):
         super().__init__()
-        _positive("channels", channels), _positive("cond_channels", cond_channels), _positive("base_channels", base_channels)
+        _positive("channels", channels), _positive("base_channels", base_channels)
+        if cond_channels:
+            _positive("cond_channels", cond_channels)
         _levels(image_size)
         self.channels, self.cond_channels, self.image_size, self.num_classes = channels, cond_channels, image_size, None
-        self.cond_keys = frozenset(["image"])
+        self.cond_keys = frozenset(["image"] if cond_channels else [])
         c, sn = base_channels, spectral_norm
         self.net = nn.Sequential(
             _conv(channels + cond_channels, c, 4, stride=2, padding=1, sn=sn), nn.LeakyReLU(0.2),
@@ -68,9 +71,12 @@ class PatchDiscriminator(nn.Module):
             _conv(2 * c, 2 * c, 3, sn=sn), nn.LeakyReLU(0.2),
             _conv(2 * c, 1, 3, sn=sn))
 
-    def forward(self, x, cond):
-        image = _input_image(self, cond)
+    def forward(self, x, cond=None):
         _check_image(self, x, self.channels, self.image_size)
+        if not self.cond_channels:
+            check_reads(cond, self.cond_keys, who=type(self).__name__)
+            return self.net(x)
+        image = _input_image(self, cond)
         _check_image(self, image, self.cond_channels, self.image_size)
         return self.net(torch.cat([x, image], 1))
 
