@@ -178,3 +178,14 @@ def test_dataset_checks_the_caption_count():
     with pytest.raises(DataError, match="2 items but 1 captions"):
         Dataset("two", x, None, (), "image", captions=("a",))
 
+
+def test_data_show_writes_names_under_the_images(splits, tmp_path, capsys):
+    from genmodels.cli import main
+
+    main(["data", "show", "emoji", "--n", "16", "--out", str(tmp_path / "emoji.png")])
+    assert f"emoji (train): {len(splits['train']):,} items of shape (3, 64, 64), 9 classes" in capsys.readouterr().out
+    grid = np.asarray(Image.open(tmp_path / "emoji.png").convert("L"))
+    tile = 64 * 2  # --n 16: 4 x 4 tiles, each image scaled 2x with two lines of text below it
+    assert grid.shape[1] == 4 * (tile + 4) + 4 and grid.shape[0] > 4 * (tile + 20)
+    band = grid[4 + tile + 2: 4 + tile + 14, 4: 4 + tile]  # the first caption's first line
+    assert (band < 128).sum() > 30  # dark text pixels on white
