@@ -189,3 +189,15 @@ def test_data_show_writes_names_under_the_images(splits, tmp_path, capsys):
     assert grid.shape[1] == 4 * (tile + 4) + 4 and grid.shape[0] > 4 * (tile + 20)
     band = grid[4 + tile + 2: 4 + tile + 14, 4: 4 + tile]  # the first caption's first line
     assert (band < 128).sum() > 30  # dark text pixels on white
+
+
+def test_feature_cnn_shifts_uncover_the_white_ground():
+    from genmodels.metrics.features import RECIPES, Recipe, random_affine
+
+    recipe = RECIPES["emoji"]
+    assert recipe.fill == 1.0 and recipe.shift > 0
+    white = torch.ones(4, 3, 64, 64)
+    moved = random_affine(white, recipe, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(moved, white, atol=1e-5)  # -1 would frame each shifted emoji in black
+    black = -torch.ones(4, 1, 28, 28)  # the digits' default: uncovered pixels are their black ground
+    assert torch.allclose(random_affine(black, Recipe(epochs=1, shift=2), generator=torch.Generator()), black)
