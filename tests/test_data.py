@@ -132,7 +132,7 @@ def test_unknown_name_and_split_list_the_choices():
 def test_dataset_repr_is_short_and_names_are_listed():
     data = load_dataset("moons", n_points=10)
     assert "n=10" in repr(data) and len(repr(data)) < 200
-    assert {"mnist", "fashion", "digits", "folder:PATH", "pairs:FILE.npz", "edges:mnist", "edges:fashion",
+    assert {"mnist", "fashion", "digits", "emoji", "folder:PATH", "pairs:FILE.npz", "edges:mnist", "edges:fashion",
             *TOY_DISTRIBUTIONS} == set(DATASET_NAMES)
 
 

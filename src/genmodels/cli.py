@@ -205,12 +205,14 @@ def data():
 @click.option("--skip-bad", is_flag=True, help="Image folders: skip unreadable files with a warning.")
 def show(name, out, n, split, image_size, channels, skip_bad):
     from .data import load_dataset
-    from .images import save_grid, scatter_plot
+    from .images import save_captioned_grid, save_grid, scatter_plot
 
     ds = load_dataset(name, split=split, image_size=image_size, channels=channels, skip_bad=skip_bad)
     out = out or Path(f"{name.replace(':', '_').replace('/', '_')}.png")
     if ds.kind == "points":
         scatter_plot(ds.x[: max(n, 2000)], out, title=name)
+    elif ds.captions:  # a name under each image: the caption's first part ("grinning face; grinning")
+        save_captioned_grid(ds.x[:n], [c.split("; ")[0] for c in ds.captions[:n]], out, scale=2)
     else:
         save_grid(ds.x[:n], out, scale=2)
     labels = f", {ds.num_classes} classes" if ds.num_classes else ""

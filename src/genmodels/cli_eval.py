@@ -134,7 +134,7 @@ def _compare(real, fake, features, metrics, as_json, *, convert=False):
     real_x, fake_x = load_image_set(real), load_image_set(fake)
     if features is None:
         if real_x.shape[-2:] != (8, 8):
-            raise ConfigError(f"which feature network? pass --features mnist, fashion, digits or a FILE "
+            raise ConfigError(f"which feature network? pass --features mnist, fashion, digits, emoji or a FILE "
                               f"(images are {real_x.shape[-1]}x{real_x.shape[-2]})")
         features = "digits"
     start = time.perf_counter()

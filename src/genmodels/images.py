@@ -5,6 +5,7 @@ RGB). Every file is written to a temporary name beside its destination and renam
 interrupted run never leaves a half-written image that a later FID run would read.
 
     save_grid(samples, "runs/x/samples/step_1000.png", scale=4)
+    save_captioned_grid(data.x[:64], names, "emoji.png", scale=2)   # a name under each image
     save_npz(samples, "runs/x/samples.npz")      # uint8 [N, H, W, C] under "arr_0"
     scatter_plot(points, "toy.png", reference=data.x)
 """
@@ -24,7 +25,7 @@ from torch import Tensor
 
 from .errors import DataError
 
-__all__ = ["to_uint8", "make_grid", "save_grid", "save_images", "save_npz", "scatter_plot",
+__all__ = ["to_uint8", "make_grid", "save_grid", "save_captioned_grid", "save_images", "save_npz", "scatter_plot",
            "load_image_set"]
 
 
@@ -70,6 +71,54 @@ def save_grid(x: Tensor, path: str | Path, *, nrow: int | None = None, scale: in
     if scale > 1:
         grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
     _write_png(grid, Path(path))
+
+
+def save_captioned_grid(x: Tensor, captions, path: str | Path, *, nrow: int | None = None, scale: int = 1,
+                        lines: int = 2, font_size: int = 10) -> None:
+    """``save_grid`` with each image's caption under it, in DejaVu Sans (matplotlib's own font),
+    word-wrapped into at most ``lines`` lines of the tile's width and cut with "..." beyond them."""
+    from matplotlib import font_manager
+    from PIL import ImageDraw, ImageFont
+
+    if len(captions) != len(x):
+        raise ValueError(f"{len(x)} images but {len(captions)} captions")
+    if int(scale) < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale}")
+    pixels = to_uint8(x).repeat(scale, axis=1).repeat(scale, axis=2)
+    n, h, w, c = pixels.shape
+    font = ImageFont.truetype(font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans")), font_size)
+    line_height = font_size + 3
+    text_height = lines * line_height + 2
+    nrow = max(1, math.ceil(math.sqrt(n))) if nrow is None else int(nrow)
+    rows, padding = max(1, math.ceil(n / nrow)), 4
+    cell_h, cell_w = h + text_height + padding, w + padding
+    grid = Image.new("RGB", (nrow * cell_w + padding, rows * cell_h + padding), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for i in range(n):
+        left, top = padding + (i % nrow) * cell_w, padding + (i // nrow) * cell_h
+        tile = Image.fromarray(pixels[i, ..., 0] if c == 1 else pixels[i])
+        grid.paste(tile.convert("RGB"), (left, top))
+        for j, line in enumerate(_wrap(str(captions[i]), font, w, lines)):
+            draw.text((left + (w - font.getlength(line)) / 2, top + h + 2 + j * line_height), line,
+                      font=font, fill=(40, 40, 40))
+    with _atomic_file(Path(path)) as f:
+        grid.save(f, format="PNG")
+
+
+def _wrap(text: str, font, width: float, lines: int) -> list[str]:
+    """``text`` as at most ``lines`` lines no wider than ``width``; the last cut with "..." if need be."""
+    out, words = [], text.split()
+    while words and len(out) < lines:
+        line = words.pop(0)
+        while words and font.getlength(f"{line} {words[0]}") <= width:
+            line = f"{line} {words.pop(0)}"
+        out.append(line)
+    if words or (out and font.getlength(out[-1]) > width):
+        last = out[-1] if out else ""
+        while last and font.getlength(last + "...") > width:
+            last = last[:-1]
+        out[-1:] = [last.rstrip() + "..."]
+    return out
 
 
 def save_images(x: Tensor, directory: str | Path, *, start: int = 0) -> None:

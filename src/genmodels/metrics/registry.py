@@ -73,7 +73,7 @@ def _prdc(inp, *, k=PRDC_K):
 
 def _cs(inp):
     if inp.fake_logits is None:
-        raise DataError("the classifier score needs a classifier feature network (mnist, fashion, digits)")
+        raise DataError("the classifier score needs a classifier feature network (mnist, fashion, digits, emoji)")
     c = classifier_score(inp.fake_logits, splits=min(10, len(inp.fake_logits)))
     return {"cs": c.mean, "cs_std": c.std}
 
@@ -81,7 +81,7 @@ def _cs(inp):
 def _cacc(inp):
     if inp.fake_logits is None or inp.labels is None:
         raise DataError("conditional accuracy needs a class-conditional model and a classifier "
-                        "feature network (mnist, fashion, digits)")
+                        "feature network (mnist, fashion, digits, emoji)")
     return {"cacc": conditional_accuracy(inp.fake_logits, inp.labels)}
 
 
