@@ -12,7 +12,7 @@ built-in families, each in its own file: ``diffusion`` (and ``classifier``), ``v
 from .base import (FAMILIES, RUN_REFERENCES, Family, LoadedRun, SampleOption, TrainContext, TrainParts,
                    check_labels, register)
 from .loading import WEIGHT_FILES, base_record, get_family, load, load_run, read_run_config, run_references
-from .. import latent  # noqa: E402,F401  (the latent section: latent diffusion's seam)
+from . import latent  # noqa: E402,F401  (the latent section: latent diffusion's seam)
 from . import autoencoder, diffusion, gan, pix2pix, vae  # noqa: E402,F401  (each registers its family)
 from .diffusion import Pipeline, load_classifier  # noqa: E402
 

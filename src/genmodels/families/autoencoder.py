@@ -8,7 +8,7 @@ and, from ``ae.disc_start_images`` on, the PatchGAN discriminator step; an EMA o
     >>> x = ae.decode(z); ae.reconstruct(images)
     >>> ae.reconstruction_scores(test_images) # psnr, rfd_cnn, latent_std (+ code_usage for VQ)
 
-A diffusion or flow run names it as ``latent.autoencoder: RUN_DIR`` (``genmodels.latent``).
+A diffusion or flow run names it as ``latent.autoencoder: RUN_DIR`` (``genmodels.families.latent``).
 """
 
 from __future__ import annotations
@@ -172,6 +172,10 @@ class AutoencoderPipeline(PipelineBase, Reconstructor):
     device: torch.device
     family_name = "autoencoder"
     net_num_classes = None
+
+    @property
+    def own_metrics(self) -> tuple:
+        return ("psnr", "rfd_cnn", "latent_std") + (("code_usage",) if self.net.quantizer is not None else ())
 
     @property
     def latent_shape(self) -> tuple:

@@ -229,6 +229,7 @@ class PipelineBase:
     """Defaults of the pipeline contract (module docstring) that most families share."""
 
     family_name = "model"
+    own_metrics: tuple = ()  # metrics of the registry this kind of model adds to the defaults
 
     def num_classes(self, **options) -> int | None:
         """The classes a sample can be asked for with these sample options (None: none)."""
@@ -239,6 +240,10 @@ class PipelineBase:
         if named:
             raise ConfigError(f"{', '.join(named)} set(s) a likelihood this {self.family_name} does not have")
         return {}
+
+    def reconstruction_scores(self, x, **options) -> dict:
+        raise ConfigError(f"a {self.family_name} does not reconstruct images: psnr, rfd_cnn, latent_std and "
+                          "code_usage apply to autoencoder runs (drop them from --metrics)")
 
     def nll_scores(self, x, **settings) -> dict:
         raise ConfigError(f"a {self.family_name} defines no likelihood: the nll metric does not apply "

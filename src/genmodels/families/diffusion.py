@@ -24,7 +24,7 @@ from ..diffusion.paths import PATHS, SCHEDULES, T_SAMPLINGS
 from ..diffusion.sigmas import SIGMA_SPACINGS, TIMESTEP_SPACINGS
 from ..errors import ConfigError
 from ..images import save_grid, scatter_plot
-from ..latent import latent_space
+from .latent import latent_space
 from ..metrics.likelihood import (bits_per_dim, ddpm_vlb, dequantize, ode_log_likelihood,
                                   ode_sigma_range)
 from ..objectives.couplings import COUPLINGS
@@ -188,7 +188,7 @@ def _label_cond(labels, device) -> dict | None:
 @dataclass
 class Pipeline(PipelineBase):
     """Everything rebuilt from a run directory: config, network (EMA weights by default), path;
-    for a latent diffusion run its ``latent`` space (``genmodels.latent.LatentSpace``): sampling
+    for a latent diffusion run its ``latent`` space (``genmodels.families.latent.LatentSpace``): sampling
     runs on latents of ``latent_shape`` and decodes at the end, ``data_shape`` is the images'."""
 
     run_dir: Path

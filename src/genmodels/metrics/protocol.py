@@ -37,7 +37,7 @@ from .registry import METRICS, EvalInputs, compute, default_metrics, needs, pars
 __all__ = ["REFERENCE_SPLITS", "SEED_STRIDE", "reference_features", "compare_images", "evaluate", "EvalResult",
            "parse_metrics", "format_table", "METRICS"]
 
-REFERENCE_SPLITS = {"mnist": "all", "fashion": "test", "digits": "all"}
+REFERENCE_SPLITS = {"mnist": "all", "fashion": "test", "digits": "all", "emoji": "all"}
 SEED_STRIDE = 1_000_000  # sample i of evaluation seed s uses seed s * SEED_STRIDE + i
 DEFAULT_IMAGE_METRICS = default_metrics("image")
 
@@ -120,7 +120,7 @@ def evaluate(pipe, *, run_dir=None, metrics=None, n=5000, seeds=(0, 1, 2), sampl
     images = len(pipe.data_shape) == 3
     kind = "image" if images else "points"
     conditional = pipe.net_num_classes is not None
-    metrics = parse_metrics(metrics or default_metrics(kind, conditional=conditional), kind=kind)
+    metrics = parse_metrics(metrics or (*default_metrics(kind, conditional=conditional), *pipe.own_metrics), kind=kind)
     if needs(metrics, "labels") and not conditional:
         raise ConfigError("cacc (conditional accuracy) needs a class-conditional model; this one is not")
     if n < 2:
@@ -145,12 +145,15 @@ def evaluate(pipe, *, run_dir=None, metrics=None, n=5000, seeds=(0, 1, 2), sampl
         reference = load_dataset(cfg.data.name, split="test", n_points=n, seed=0).x
         protocol.update(reference=f"{cfg.data.name}: {n} fresh points (test stream, seed 0)")
 
+    if needs(metrics, "reconstruction"):
+        protocol.update(reconstruction_n=n)  # the first n held-out images (all of a smaller split)
+    reconstruction = _once(lambda: _reconstruction(pipe, n=protocol["reconstruction_n"], progress=progress))
     per_seed = []
     for seed in seeds:
         labels = [i % pipe.net_num_classes for i in range(n)] if conditional else None
         inputs = EvalInputs(kind, labels=torch.tensor(labels) if labels else None, seed=seed,
                             nll=lambda seed=seed: _nll(pipe, nll_n=nll_n, seed=seed, progress=progress,
-                                                       settings=nll_settings))
+                                                       settings=nll_settings), reconstruction=reconstruction)
         if sample_metrics:  # nll alone needs no samples
             start = time.perf_counter()
             inputs.samples = pipe.sample(n, seed=seed * SEED_STRIDE, labels=labels, batch_size=batch_size,
@@ -196,6 +199,19 @@ def _nll(pipe, *, nll_n, seed, progress, settings) -> dict:
         test = load_dataset(cfg.data.name, split="test", n_points=nll_n, seed=0)
     cond = {k: v[:nll_n] for k, v in test.conditions().items()}
     return pipe.nll_scores(test.x[:nll_n], cond=cond, generator=g, progress=progress, **settings)
+
+
+def _once(fn):
+    """``fn`` evaluated on the first call only (deterministic scores shared by the seeds' rows)."""
+    cache = []
+    return lambda: cache[0] if cache else cache.append(fn()) or cache[0]
+
+
+def _reconstruction(pipe, *, n, progress) -> dict:
+    """The pipeline's reconstruction scores of the first ``n`` held-out images."""
+    cfg = pipe.config
+    test = load_dataset(cfg.data.name, split="test", image_size=cfg.data.image_size, channels=cfg.data.channels)
+    return pipe.reconstruction_scores(test.x[:n], progress=progress)
 
 
 def _images_seen(run_dir):

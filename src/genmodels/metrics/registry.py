@@ -44,13 +44,15 @@ class EvalInputs:
     dist: object = None
     seed: int = 0
     nll: Callable[[], dict] | None = None
+    reconstruction: Callable[[], dict] | None = None  # the model's reconstruction scores of held-out images
 
 
 @dataclass(frozen=True)
 class Metric:
     """``kinds``: the data it applies to ("image", "points"); ``needs``: "samples" (drawn from the
     model), "features" (image features), "logits" (a classifier feature network), "labels" (a
-    class-conditional model), "model" (it scores the model itself: a likelihood)."""
+    class-conditional model), "model" (it scores the model itself: a likelihood), "reconstruction"
+    (an autoencoder's reconstructions of held-out images)."""
 
     name: str
     kinds: tuple
@@ -125,7 +127,23 @@ METRICS: dict[str, Metric] = {
                   "held-out likelihood: bits/dim (images) or nats; DDPM bound, PF-ODE or IWAE by family",
                   ("model",)),
 }
-ALIASES = {"fd": "fd_cnn", "fid": "fd_cnn"}
+
+
+def _reconstruction(key):
+    def compute(inp):
+        scores = inp.reconstruction()
+        if key not in scores:
+            raise ConfigError(f"{key} does not apply to this model (it reports {', '.join(sorted(scores))})")
+        return {key: scores[key]}
+    return compute
+
+
+for _name, _help in (("psnr", "PSNR of the reconstructions of held-out images (dB; autoencoders)"),
+                     ("rfd_cnn", "rFD: fd_cnn of the reconstructions against the held-out originals"),
+                     ("latent_std", "std of the posterior means of held-out images (autoencoders)"),
+                     ("code_usage", "share of the codebook the held-out images use (VQ autoencoders)")):
+    METRICS[_name] = Metric(_name, ("image",), _reconstruction(_name), _help, ("reconstruction",))
+ALIASES = {"fd": "fd_cnn", "fid": "fd_cnn", "rfd": "rfd_cnn"}
 
 
 def default_metrics(kind: str, *, conditional: bool = False) -> tuple[str, ...]:

@@ -18,7 +18,7 @@ from ..data import InfiniteBatches, derive_seed, load_dataset
 from ..errors import CheckpointError, ConfigError
 from ..families.base import TrainContext
 from ..families.loading import base_record, check_base, get_family, load_run, run_references
-from ..latent import latent_training_data
+from ..families.latent import latent_training_data
 from . import distributed
 from .checkpoint import load_weights, save_json
 from .distributed import Dist

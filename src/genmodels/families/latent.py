@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import register_section
-from .errors import ConfigError
-from .families.base import RUN_REFERENCES
-from .paths import cache_dir
+from ..config import register_section
+from ..errors import ConfigError
+from ..paths import cache_dir
+from .base import RUN_REFERENCES
 
 LATENT_MODES = ("mean", "posterior")
 CACHE_VERSION = 1
@@ -91,7 +91,7 @@ def latent_space(cfg, bases: dict) -> LatentSpace | None:
 
 
 def _space(cfg, base, scale) -> LatentSpace:
-    from .families.loading import get_family
+    from .loading import get_family
 
     if base.config.family != "autoencoder":
         raise ConfigError(f"latent.autoencoder '{cfg.latent.autoencoder}' is a {base.config.family} run; it must be "
@@ -114,8 +114,8 @@ def _cache_path(base, dataset) -> Path:
 @torch.inference_mode()
 def encode_dataset(space: LatentSpace, dataset, *, base=None, progress=True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(mean, logvar) of the unscaled posterior of every item (logvar None for VQ), cached."""
-    from .progress import progress_bar
-    from .train.checkpoint import atomic_write
+    from ..progress import progress_bar
+    from ..train.checkpoint import atomic_write
 
     path = _cache_path(base, dataset) if base is not None else None
     if path is not None and path.is_file():
