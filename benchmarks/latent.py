@@ -81,14 +81,16 @@ def timed(fn, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def sampling_peak_rss(run, steps: int, batch: int) -> float:
-    """Peak resident memory (MiB) of a fresh process that loads ``run`` and samples one batch."""
-    code = ("import resource, genmodels, sys; p = genmodels.load(sys.argv[1], device='cpu'); "
-            "p.sample(int(sys.argv[3]), steps=int(sys.argv[2]), progress=False); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+def sampling_peak_rss(run, steps: int, batch: int) -> tuple[float, float]:
+    """(peak resident MiB after loading ``run``, peak after also sampling one batch) of a fresh
+    process: the second exceeds the first only when sampling needs more than loading did."""
+    code = ("import resource, genmodels, sys, torch; rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss "
+            "/ 1024; p = genmodels.load(sys.argv[1], device='cpu'); loaded = rss(); "
+            "p.sample(int(sys.argv[3]), steps=int(sys.argv[2]), progress=False); print(loaded, rss())")
     out = subprocess.run([sys.executable, "-c", code, str(run), str(steps), str(batch)], capture_output=True,
                          text=True, check=True).stdout
-    return float(out.strip().splitlines()[-1])
+    loaded, sampled = (float(v) for v in out.strip().splitlines()[-1].split())
+    return loaded, sampled
 
 
 def compare(args) -> None:
@@ -119,7 +121,8 @@ def compare(args) -> None:
     for name in pipes:
         rows[name]["train_img_s"] = round(statistics.median(train_times[name]), 1)
         rows[name]["sample_ms_per_image"] = round(statistics.median(sample_times[name]), 2)
-        rows[name]["sample_peak_rss_MiB"] = round(sampling_peak_rss(name, args.steps, args.batch), 0)
+        loaded, sampled = sampling_peak_rss(name, args.steps, args.memory_batch)
+        rows[name]["rss_loaded_MiB"], rows[name]["rss_sampling_MiB"] = round(loaded), round(sampled)
     if args.n:
         seeds = [int(s) for s in args.seeds.split(",")]
         for name, pipe in pipes.items():
@@ -176,6 +179,7 @@ def main():
     c.add_argument("runs", nargs="+")
     c.add_argument("--steps", type=int, default=50, help="DDIM steps (= NFE) for sampling and quality")
     c.add_argument("--batch", type=int, default=32)
+    c.add_argument("--memory-batch", type=int, default=256, help="batch of the peak-memory measurement")
     c.add_argument("--rounds", type=int, default=3)
     c.add_argument("--repeats", type=int, default=3)
     c.add_argument("--n", type=int, default=0, help="samples per seed for quality (0: skip)")

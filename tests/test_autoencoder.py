@@ -97,6 +97,17 @@ def test_perceptual_term_trains_the_autoencoder():
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in critic.parameters())  # the critic is frozen
 
 
+def test_feature_cnn_perceptual_term_in_training(tmp_path):
+    """ae.perceptual=feature_cnn: the dataset feature CNN's features (digits' CNN), frozen."""
+    train(load_config("fashion-ae", TINY_AE + ["train.images=128", "ae.perceptual=feature_cnn",
+                                               "train.log_every_images=64"]), tmp_path / "run")
+    logged = rows(tmp_path / "run")
+    assert all(r["perceptual"] > 0 for r in logged)
+    with pytest.raises(ConfigError, match="ae.perceptual=discriminator"):
+        train(load_config("fashion-ae", TINY_AE + ["train.images=64", "ae.perceptual=feature_cnn",
+                                                   "data.name=edges:mnist"]), tmp_path / "bad")
+
+
 def test_feature_matching_is_zero_for_equal_images_and_matches_channels():
     critic = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 2), nn.ReLU())
     perceptual = FeatureMatching(critic, name="rgb", size=8, channels=3)

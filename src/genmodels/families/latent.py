@@ -31,6 +31,7 @@ from ..paths import cache_dir
 from .base import RUN_REFERENCES
 
 LATENT_MODES = ("mean", "posterior")
+REQUIRED = "required"  # what a shipped latent config holds in latent.autoencoder
 CACHE_VERSION = 1
 
 
@@ -49,6 +50,10 @@ class LatentConfig:
     POSITIVE = ("channels", "factor")
 
     def validate(self):
+        if self.autoencoder == REQUIRED:  # a latent config as shipped: it names no autoencoder run yet
+            raise ConfigError("latent.autoencoder is required: this config diffuses in the latent space of an "
+                              "autoencoder run; train one first (e.g. genmodels train emoji-ae --out runs/emoji-ae) "
+                              "and pass latent.autoencoder=runs/emoji-ae")
         if self.scale_factor is not None and not self.scale_factor > 0:
             raise ConfigError(f"latent.scale_factor must be > 0, got {self.scale_factor!r}")
 
