@@ -152,7 +152,7 @@ def autoencoders(args) -> None:
         scores = ae.reconstruction_scores(test.x[:args.n], progress=False)
         c, h, w = ae.latent_shape
         rows[str(run)] = {"data": data.name, "kind": ae.kind, "f": ae.config.latent.factor,
-                          "latent": f"{c}x{h}x{w}", "compression": round(
+                          "latent_shape": f"{c}x{h}x{w}", "compression": round(
                               torch.tensor(ae.data_shape).prod().item() / (c * h * w), 1),
                           **{k: round(v, 3) for k, v in scores.items()}, **training_summary(run)}
     print_table(rows)
@@ -161,13 +161,13 @@ def autoencoders(args) -> None:
 def print_table(rows: dict) -> None:
     keys = []
     for row in rows.values():
-        keys += [k for k in row if k not in keys and not k.endswith("_std")]
+        keys += [k for k in row if k not in keys and not (k.endswith("_std") and k[:-4] in row)]
     print("| run | " + " | ".join(keys) + " |")
     print("|---" * (len(keys) + 1) + "|")
     for name, row in rows.items():
         cells = []
         for k in keys:
-            v, s = row.get(k, ""), row.get(f"{k}_std")
+            v, s = row.get(k, ""), row.get(f"{k}_std") if k in row else None
             cells.append(f"{v} +- {s}" if s else str(v))
         print(f"| {Path(name).name} | " + " | ".join(cells) + " |")
 
