@@ -360,9 +360,6 @@ class Pipeline(PipelineBase):
         if nll_k is not None:
             raise ConfigError("nll_k (--nll-k) is the IWAE sample count of VAE runs; this run's nll uses "
                               "nll_steps / nll_method")
-        if self.latent is not None and (nll_method or nll_steps):
-            raise ConfigError("a latent diffusion run has no image likelihood (its density is over latents, and "
-                              "the decoder has none); drop nll from --metrics")
         method = nll_method or "auto"
         if method not in ("auto", "vlb", "ode"):
             raise ConfigError(f"nll method must be auto, vlb or ode, got {method!r}")

@@ -117,17 +117,20 @@ def _cache_path(base, dataset) -> Path:
 
 
 @torch.inference_mode()
-def encode_dataset(space: LatentSpace, dataset, *, base=None, progress=True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(mean, logvar) of the unscaled posterior of every item (logvar None for VQ), cached."""
+def encode_dataset(space: LatentSpace, dataset, base, *, progress=True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(mean, logvar) of the unscaled posterior of every item (logvar None for VQ), from the cache
+    of ``base`` (the autoencoder's LoadedRun) and this data, or encoded and cached."""
+    from safetensors import SafetensorError
+
     from ..progress import progress_bar
     from ..train.checkpoint import atomic_write
 
-    path = _cache_path(base, dataset) if base is not None else None
-    if path is not None and path.is_file():
+    path = _cache_path(base, dataset)
+    if path.is_file():
         try:
             cached = load_file(str(path))
             return cached["mean"], cached.get("logvar")
-        except Exception:  # a damaged cache file costs only a re-encode  # noqa: BLE001
+        except (SafetensorError, OSError, KeyError):  # a damaged cache file costs only a re-encode
             pass
     means, logvars = [], []
     x = dataset.x.cpu()
@@ -139,12 +142,11 @@ def encode_dataset(space: LatentSpace, dataset, *, base=None, progress=True) -> 
             logvars.append(posterior.logvar.float().cpu())
     mean = torch.cat(means)
     logvar = torch.cat(logvars) if logvars else None
-    if path is not None:
-        tensors = {"mean": mean.contiguous(), **({"logvar": logvar.contiguous()} if logvar is not None else {})}
-        try:
-            atomic_write(path, lambda tmp: save_file(tensors, tmp))
-        except OSError:  # an unwritable cache only costs encoding again next time
-            pass
+    tensors = {"mean": mean.contiguous(), **({"logvar": logvar.contiguous()} if logvar is not None else {})}
+    try:
+        atomic_write(path, lambda tmp: save_file(tensors, tmp))
+    except OSError:  # an unwritable cache only costs encoding again next time
+        pass
     return mean, logvar
 
 
@@ -163,8 +165,6 @@ def latent_training_data(cfg, dataset, bases: dict, *, progress=True):
     ``latent.autoencoder`` is unset."""
     if not cfg.latent.autoencoder:
         return dataset
-    if cfg.latent.sample not in LATENT_MODES:
-        raise ConfigError(f"latent.sample must be one of {', '.join(LATENT_MODES)}, got {cfg.latent.sample!r}")
     if dataset.kind != "image":
         raise ConfigError(f"latent diffusion needs an image dataset; '{cfg.data.name}' holds points")
     base = bases[BASE_FIELD]
@@ -175,7 +175,7 @@ def latent_training_data(cfg, dataset, bases: dict, *, progress=True):
                           "data.channels to match")
     scale = cfg.latent.scale_factor
     space = _space(cfg, base, 1.0)
-    mean, logvar = encode_dataset(space, dataset, base=base, progress=progress)
+    mean, logvar = encode_dataset(space, dataset, base, progress=progress)
     if scale is None:
         scale = 1.0 / latent_std(mean, logvar, cfg.latent.sample)
         cfg.latent.scale_factor = scale

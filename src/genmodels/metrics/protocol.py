@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -147,7 +148,8 @@ def evaluate(pipe, *, run_dir=None, metrics=None, n=5000, seeds=(0, 1, 2), sampl
 
     if needs(metrics, "reconstruction"):
         protocol.update(reconstruction_n=n)  # the first n held-out images (all of a smaller split)
-    reconstruction = _once(lambda: _reconstruction(pipe, n=protocol["reconstruction_n"], progress=progress))
+    # deterministic (posterior means): computed once, on the first seed that asks, shared by all
+    reconstruction = functools.cache(lambda: _reconstruction(pipe, n=n, progress=progress))
     per_seed = []
     for seed in seeds:
         labels = [i % pipe.net_num_classes for i in range(n)] if conditional else None
@@ -199,12 +201,6 @@ def _nll(pipe, *, nll_n, seed, progress, settings) -> dict:
         test = load_dataset(cfg.data.name, split="test", n_points=nll_n, seed=0)
     cond = {k: v[:nll_n] for k, v in test.conditions().items()}
     return pipe.nll_scores(test.x[:nll_n], cond=cond, generator=g, progress=progress, **settings)
-
-
-def _once(fn):
-    """``fn`` evaluated on the first call only (deterministic scores shared by the seeds' rows)."""
-    cache = []
-    return lambda: cache[0] if cache else cache.append(fn()) or cache[0]
 
 
 def _reconstruction(pipe, *, n, progress) -> dict:
