@@ -11,11 +11,11 @@ import torch
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
-# What `scripts/setup test` installs: pyproject.toml's extras "test" (tools and metric oracles) and
-# "peers" (diffusers). The distributions whose module is named otherwise:
-PEER_EXTRAS = ("test", "peers")
+# What `scripts/setup test` installs: pyproject.toml's extras "test" (tools and metric oracles),
+# "peers" (diffusers) and "text" (the MiniLM encoder). The distributions whose module is named otherwise:
+PEER_EXTRAS = ("test", "peers", "text")
 IMPORT_NAMES = {"pot": "ot", "pytest-xdist": "xdist"}
-INSTALL = "scripts/setup test (or: .venv/bin/python -m pip install -e '.[test,peers]')"
+INSTALL = "scripts/setup test (or: .venv/bin/python -m pip install -e '.[test,peers,text]')"
 
 
 def peer_modules(pyproject) -> dict:

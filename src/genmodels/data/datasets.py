@@ -88,6 +88,8 @@ class Dataset:
     captions: tuple[str, ...] = ()  # one text per item (emoji: name; aliases), or none
     # latents of a KL autoencoder: each time an item is served it is x + x_std * a fresh N(0, I) draw
     x_std: Tensor | None = None
+    # text runs: the captions' embeddings and each item's phrasings (genmodels.data.text.CaptionTable)
+    text: object = None
 
     def __post_init__(self):
         if self.y is not None and len(self.y) != len(self.x):

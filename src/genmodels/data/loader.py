@@ -21,6 +21,7 @@ from genmodels.errors import ConfigError
 __all__ = ["InfiniteBatches", "derive_seed"]
 
 POSTERIOR_STREAM = 3  # derive_seed(seed, epoch, pos, rank, POSTERIOR_STREAM): latent posterior draws
+CAPTION_STREAM = 4  # derive_seed(seed, epoch, pos, rank, CAPTION_STREAM): which phrasing each item gets
 
 
 def derive_seed(*parts: int) -> int:
@@ -34,6 +35,9 @@ class InfiniteBatches:
     """Iterator of batch dicts ``{"x": [B, ...], "cond": {...}}``: ``cond`` holds the dataset's
     ``conditions()`` (the labels as ``"y"`` when labelled, image pairs' ``"image"``, ...), and
     ``"noise"`` is added for reflow pairs.
+
+    A dataset with a caption table (``text``, ``genmodels.data.text``) adds ``cond["text"]``:
+    one of each item's phrasings, drawn from a generator seeded by (seed, epoch, position).
 
     A dataset with ``x_std`` (a KL autoencoder's latents) serves ``x + x_std * eps``, eps a fresh
     N(0, I) draw from a generator seeded by (seed, epoch, position): a new reparameterised draw
@@ -62,6 +66,8 @@ class InfiniteBatches:
         self.noise = None if noise is None else noise.to(device)
         x_std = getattr(dataset, "x_std", None)
         self.x_std = None if x_std is None else x_std.to(device)
+        text = getattr(dataset, "text", None)
+        self.text = None if text is None else text.to(device)
         self.batch_size = batch_size
         self.seed = seed
         self.rank = rank
@@ -82,9 +88,13 @@ class InfiniteBatches:
         if self.x_std is not None:
             g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, self.pos, self.rank, POSTERIOR_STREAM))
             x = x + self.x_std[index] * torch.randn(x.shape, generator=g).to(x.device)
+        cond = {key: value[index] for key, value in self.cond.items()}
+        if self.text is not None:  # one of each item's captions, drawn per serving
+            g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, self.pos, self.rank, CAPTION_STREAM))
+            cond["text"] = self.text.lookup(index, g)
         self.pos += self.batch_size
         self._roll_over_if_exhausted()
-        batch = {"x": x, "cond": {key: value[index] for key, value in self.cond.items()}}
+        batch = {"x": x, "cond": cond}
         if self.noise is not None:
             batch["noise"] = self.noise[index]
         return batch

@@ -13,6 +13,7 @@ from .base import (FAMILIES, RUN_REFERENCES, Family, LoadedRun, SampleOption, Tr
                    check_labels, register)
 from .loading import WEIGHT_FILES, base_record, get_family, load, load_run, read_run_config, run_references
 from . import latent  # noqa: E402,F401  (the latent section: latent diffusion's seam)
+from ..data import text  # noqa: E402,F401  (the text section: captions and their encoder)
 from . import diffusion, gan, pix2pix, vae, autoencoder  # noqa: E402,F401  (each registers its family)
 from .diffusion import Pipeline, load_classifier  # noqa: E402
 

@@ -249,6 +249,41 @@ class PipelineBase:
         raise ConfigError(f"a {self.family_name} defines no likelihood: the nll metric does not apply "
                           "(drop it from --metrics)")
 
+    @property
+    def text_config(self):
+        """The run's text section (``genmodels.data.text.TextConfig``); ``captions`` None: no text."""
+        return self.config.text
+
+    def text_conditioning(self, net, n: int, prompt, negative_prompt=None) -> tuple[dict, object]:
+        """(``{"text": ...}`` for ``n`` samples of ``prompt`` (one for all, or one per sample; an
+        empty prompt is the network's null text), the ``uncond`` of classifier-free guidance:
+        ``None`` for the null text, or a function giving the ``negative_prompt``'s embedding)."""
+        from ..cond import null_value, where
+        from ..data.text import prompt_cond
+
+        if self.text_config.captions is None or "text" not in getattr(net, "cond_keys", ()):
+            raise ConfigError(f"'{getattr(self, 'run_dir', 'this run')}' is not a text-to-image run (it was trained "
+                              "without text.captions); drop --prompt")
+        prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
+        if len(prompts) == 1:
+            prompts = prompts * n
+        if len(prompts) != n:
+            raise ConfigError(f"give one prompt for all samples or one per sample ({n}), got {len(prompts)}")
+        negative = [] if negative_prompt is None or not negative_prompt.strip() else [negative_prompt]
+        # encoded together: the negative's token states have the prompts' length (guidance concatenates them)
+        both, empty = prompt_cond(self.text_config, prompts + negative)
+        text = {k: v[:n] for k, v in both.items()}
+        if empty[:n].any():
+            text = where(~empty[:n], {"text": text}, {"text": null_value(net, "text", text)})["text"]
+        if not negative:
+            return {"text": text}, None
+        negative = {k: v[n:] for k, v in both.items()}
+
+        def uncond(cond: dict) -> dict:
+            first = next(iter(cond["text"].values()))
+            return {**cond, "text": {k: v.to(first.device).expand(len(first), *v.shape[1:]) for k, v in negative.items()}}
+        return {"text": text}, uncond
+
 
 class Reconstructor:
     """A pipeline with an encoder and a decoder (VAE, autoencoder): ``inputs(x)`` (what the

@@ -267,7 +267,8 @@ class Pipeline(PipelineBase):
         return map_values(rows, cond)
 
     def sample(self, n=64, *, seed=0, sampler="ddim", steps=50, eta=None, spacing=None, sigma_max=None,
-               labels=None, cond=None, guidance=1.0, guidance_keys=None, guidance_interval=None,
+               labels=None, cond=None, prompt=None, negative_prompt=None, guidance=1.0, guidance_keys=None,
+               guidance_interval=None,
                dynamic_threshold=None, classifier=None, classifier_scale=1.0, x_start=None, init_images=None,
                start_sigma=None, strength=None, callback=None, batch_size=64, progress=True, dist=Dist(),
                **options) -> torch.Tensor:
@@ -275,6 +276,8 @@ class Pipeline(PipelineBase):
 
         ``labels``: one class index for all, or one per sample (class-conditional runs); ``cond``:
         other conditioning values (``genmodels.cond``), one row per sample or one for all.
+        ``prompt`` (text-to-image runs): one text for all or one per sample ("" = no text);
+        ``negative_prompt``: the unconditional half of guidance reads it instead of the null text.
         ``guidance``: classifier-free guidance scale w (1 = conditional, 0 = unconditional) on
         ``guidance_keys`` (default: the class and text conditions given; other keys, e.g. a
         control image, stay in both halves); ``guidance_interval=(sigma_lo, sigma_hi)`` limits it
@@ -298,14 +301,27 @@ class Pipeline(PipelineBase):
                                      reads=self.cond_keys | {"y"})
             if "y" not in cond:
                 raise ConfigError("classifier guidance needs class labels: pass labels (CLI: --class K or --class all)")
+        negative = None
+        if prompt is not None:
+            if "text" in cond:
+                raise ConfigError("give the text as prompt or as cond['text'], not both")
+            text, negative = self.text_conditioning(self.net, n, prompt, negative_prompt)
+            cond.update(text)
+        elif negative_prompt is not None:
+            raise ConfigError("a negative prompt needs a prompt (CLI: --prompt TEXT)")
         denoiser = self.denoiser
         if guidance != 1.0:
             keys = list(guidance_keys) if guidance_keys is not None else [k for k in ("y", "text") if k in cond]
             missing = [k for k in keys if k not in cond]
             if not keys or missing:
-                raise ConfigError(f"guidance needs class labels (or the condition to guide on{': ' if missing else ''}"
-                                  f"{', '.join(missing)}): pass labels (CLI: --class K or --class all)")
-            denoiser = CFGDenoiser(denoiser, guidance, nulled(self.net, keys), interval=guidance_interval)
+                raise ConfigError(f"guidance needs class labels or a prompt (or the condition to guide on"
+                                  f"{': ' if missing else ''}{', '.join(missing)}): pass labels (CLI: --class K "
+                                  "or --class all) or --prompt TEXT")
+            uncond = nulled(self.net, keys)
+            if negative is not None:  # the negative prompt replaces the null text in the unconditional half
+                def uncond(c, nulls=uncond):
+                    return negative(nulls(c))
+            denoiser = CFGDenoiser(denoiser, guidance, uncond, interval=guidance_interval)
         if classifier is not None:
             denoiser = ClassifierGuidance(denoiser, classifier, classifier_scale, denoiser_keys=self.cond_keys)
         if dynamic_threshold is not None:

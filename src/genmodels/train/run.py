@@ -19,6 +19,7 @@ from ..errors import CheckpointError, ConfigError
 from ..families.base import TrainContext
 from ..families.loading import base_record, check_base, get_family, load_run, run_references
 from ..families.latent import latent_training_data
+from ..data.text import text_training_data
 from . import distributed
 from .checkpoint import load_weights, save_json
 from .distributed import Dist
@@ -87,6 +88,7 @@ def prepare(cfg: Config, run_dir, *, resume=False, dist: Dist = Dist(), device=N
         cfg.latent.scale_factor = saved_record["config"].get("latent", {}).get("scale_factor")
     image_shape = dataset.shape
     dataset = latent_training_data(cfg, dataset, bases, progress=dist.is_main)  # latent runs: cached latents
+    dataset = text_training_data(cfg, dataset, progress=dist.is_main)  # text runs: the captions' embeddings
     cfg.model.options = options = family.network_options(cfg, dataset)
     modules = family.build(cfg, options)
     if t.init_from and not resume:
@@ -98,8 +100,8 @@ def prepare(cfg: Config, run_dir, *, resume=False, dist: Dist = Dist(), device=N
     torch.manual_seed(derive_seed(t.seed, DROPOUT_STREAM, dist.rank))  # the weights are drawn: now per rank
 
     if resume:
-        latent = ("latent",) if cfg.latent.autoencoder else ()
-        check_resumable(saved_record["config"], cfg, FROZEN_SECTIONS + tuple(family.frozen_sections) + latent)
+        composed = (("latent",) if cfg.latent.autoencoder else ()) + (("text",) if cfg.text.captions else ())
+        check_resumable(saved_record["config"], cfg, FROZEN_SECTIONS + tuple(family.frozen_sections) + composed)
         bases_record = saved_record.get("bases", {})
         for field, recorded in bases_record.items():  # the bases it started on, unchanged
             check_base(field, recorded, run_dir=run_dir)
@@ -115,6 +117,7 @@ def prepare(cfg: Config, run_dir, *, resume=False, dist: Dist = Dist(), device=N
                                     y=None if dataset.y is None else dataset.y.to(device),
                                     noise=None if dataset.noise is None else dataset.noise.to(device),
                                     x_std=None if dataset.x_std is None else dataset.x_std.to(device),
+                                    text=None if dataset.text is None else dataset.text.to(device),
                                     cond={k: v.to(device) for k, v in dataset.cond.items()})
     ctx = TrainContext(cfg=cfg, dataset=on_device, device=device, dist=dist, modules=modules,
                        autocast=build.autocast_dtype(t.precision, device), channels_last=channels_last, bases=bases)
