@@ -50,6 +50,11 @@ def network_options(cfg, data_shape, num_classes: int) -> dict:
             raise ConfigError(f"network 'mlp' needs vector data, but dataset '{cfg.data.name}' has "
                               f"items of shape {tuple(data_shape)}; use model.network=unet")
         fill_option(options, "dim", data_shape[0], source=f"dataset '{cfg.data.name}'")
+    text = getattr(cfg, "text", None)
+    if text is not None and text.captions and cfg.model.network == "unet":  # text-to-image
+        fill_option(options, "context_dim", 384, source="the text section (MiniLM's width)")
+        if text.encoder == "learned":
+            fill_option(options, "text_encoder_layers", text.encoder_layers, source="text.encoder_layers")
     if options.get("num_classes") == "auto":  # class-conditional on the dataset's labels
         if not num_classes:
             raise ConfigError(f"model.num_classes=auto but dataset '{cfg.data.name}' has no labels")

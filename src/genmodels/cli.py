@@ -18,6 +18,8 @@ EXAMPLES = {
               "  genmodels sample runs/cond --class all --guidance 3 --out classes.png  (a row per class)\n"
               "  genmodels sample runs/mnist --n 5000 --out samples.npz   (uint8 [N,H,W,C])\n"
               "  genmodels sample runs/mnist --n 16 --out pngs/           (one PNG per sample)\n"
+              "  genmodels sample runs/t2i --prompt 'a thick 3 leaning left' --negative-prompt thin --guidance 4\n"
+              "  genmodels sample runs/t2i --prompts prompts.txt --per-prompt 8 --guidance 3  (a row per line)\n"
               "  genmodels sample runs/cgan --class 7 --truncation 0.7    (GAN: BigGAN truncation of z)\n"
               "  genmodels sample runs/stylegan --psi 0.7 --mix 3,8       (StyleGAN: truncation in w, mixing)",
     "show": "genmodels data show mnist --out mnist.png\n  genmodels data show 8gaussians --out toy.png",
@@ -95,6 +97,23 @@ def parse_classes(text, n, per_class, pipe, num_classes):
         raise GenmodelsError(f"--class '{text}' is not a class index, a class name or 'all'") from None
 
 
+def parse_prompts(prompt, prompts_file, per_prompt, n, nrow):
+    """--prompt TEXT -> (TEXT, n, nrow); --prompts FILE -> (per_prompt copies of each line,
+    prompt-major; one grid row per prompt)."""
+    if prompts_file is None:
+        return prompt, n, nrow
+    if prompt is not None:
+        raise GenmodelsError("give --prompt or --prompts FILE, not both")
+    try:
+        lines = [line.strip() for line in Path(prompts_file).read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise GenmodelsError(f"cannot read --prompts file '{prompts_file}': {e}") from None
+    lines = [line for line in lines if line]
+    if not lines:
+        raise GenmodelsError(f"--prompts file '{prompts_file}' holds no prompts (one per line)")
+    return [p for p in lines for _ in range(per_prompt)], len(lines) * per_prompt, per_prompt
+
+
 def family_options(args: list[str], family) -> dict:
     """``--flag value`` pairs (or ``--flag=value``) of the family options given, parsed by the
     run's family schema; a flag of another family is named as such."""
@@ -161,6 +180,11 @@ class SampleCommand(click.Command):
               help="Number of samples (under torchrun write --num-samples: its own parser takes --n).")
 @click.option("--class", "class_", default=None, help="Class index or name, or 'all' (a row per class).")
 @click.option("--per-class", default=8, show_default=True, help="Samples per class with --class all.")
+@click.option("--prompt", default=None, help="Text-to-image runs: what to draw (\"\" = no text).")
+@click.option("--negative-prompt", default=None, help="What guidance steers away from (instead of no text).")
+@click.option("--prompts", "prompts_file", default=None, type=click.Path(path_type=Path),
+              help="A text file, one prompt per line: a grid row of --per-prompt samples each.")
+@click.option("--per-prompt", default=8, show_default=True, help="Samples per prompt with --prompts.")
 @click.option("--seed", default=0, show_default=True, help="Sample i uses seed + i.")
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True)
@@ -168,7 +192,8 @@ class SampleCommand(click.Command):
 @click.option("--out", "out", default="samples.png", show_default=True,
               help="grid.png, samples.npz or a directory/ for one PNG per sample.")
 @click.pass_context
-def sample(ctx, run_dir, n, class_, per_class, seed, batch_size, weights, device, out):
+def sample(ctx, run_dir, n, class_, per_class, prompt, negative_prompt, prompts_file, per_prompt, seed, batch_size,
+           weights, device, out):
     from .build import resolve_device
     from .families import get_family, load
     from .images import write_samples
@@ -179,6 +204,11 @@ def sample(ctx, run_dir, n, class_, per_class, seed, batch_size, weights, device
     pipe = load(run_dir, device=rank_device, weights=weights)
     options = family_options(ctx.meta["family_options"], get_family(pipe.config.family))
     labels, n, nrow = parse_classes(class_, n, per_class, pipe, pipe.num_classes(**options))
+    prompt, n, nrow = parse_prompts(prompt, prompts_file, per_prompt, n, nrow)
+    if prompt is not None:
+        options["prompt"] = prompt
+    if negative_prompt is not None:
+        options["negative_prompt"] = negative_prompt
     t0 = time.perf_counter()
     x = pipe.sample(n, seed=seed, labels=labels, batch_size=batch_size, dist=dist, **options)
     dt = time.perf_counter() - t0

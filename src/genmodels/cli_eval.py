@@ -75,6 +75,10 @@ def _seeds(text: str) -> list[int]:
 @click.option("--sampler", default=None, help="Default: the run's sample.sampler.")
 @click.option("--steps", default=None, type=int, help="Default: the run's sample.steps.")
 @click.option("--eta", default=None, type=float)
+@click.option("--guidance", default=None, type=float, help="Classifier-free guidance scale (default 1).")
+@click.option("--prompts", "prompts", type=click.Choice(["train", "heldout", "combinations"]), default="train",
+              show_default=True, help="Text-to-image runs: the held-out items' captions in training phrasings, "
+                                      "in held-out phrasings, or the attribute combinations held out of training.")
 @click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True)
 @click.option("--nll-n", default=64, show_default=True, help="Held-out images for nll.")
 @click.option("--nll-steps", default=None, type=int,
@@ -88,8 +92,8 @@ def _seeds(text: str) -> list[int]:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object, metrics at the top level.")
 @click.option("--no-log", is_flag=True, help="Do not append to the run's metrics.jsonl.")
-def run(run_dir, metrics, n, seeds, real, fake, features, convert, sampler, steps, eta, weights, nll_n,
-        nll_steps, nll_method, nll_k, batch_size, device, as_json, no_log):
+def run(run_dir, metrics, n, seeds, real, fake, features, convert, sampler, steps, eta, guidance, prompts, weights,
+        nll_n, nll_steps, nll_method, nll_k, batch_size, device, as_json, no_log):
     if (real is None) != (fake is None):
         raise ConfigError("give both --real and --fake, or a RUN_DIR")
     if real is not None:
@@ -105,7 +109,8 @@ def run(run_dir, metrics, n, seeds, real, fake, features, convert, sampler, step
     from .metrics.protocol import format_table
 
     result = evaluate_run(run_dir, metrics=metrics, n=n, seeds=_seeds(seeds), sampler=sampler,
-                          steps=steps, eta=eta, features=features, weights=weights, nll_n=nll_n,
+                          steps=steps, eta=eta, guidance=guidance, prompts=prompts, features=features,
+                          weights=weights, nll_n=nll_n,
                           nll_steps=nll_steps, nll_method=nll_method, nll_k=nll_k, batch_size=batch_size,
                           device=device, log=not no_log)
     if as_json:
@@ -116,7 +121,10 @@ def run(run_dir, metrics, n, seeds, real, fake, features, convert, sampler, step
         click.echo(f"features: {p['features']}; reference: {p['reference']}")
     elif "reference" in p:
         click.echo(f"reference: {p['reference']}")
-    how = f" ({p['sampler']}, {p['steps']} steps)" if "sampler" in p else ""
+    how = f" ({p['sampler']}, {p['steps']} steps{', guidance ' + str(p['guidance']) if 'guidance' in p else ''})" \
+        if "sampler" in p else ""
+    if "prompts" in p:
+        click.echo(f"prompts: {p['prompts']}")
     what = [f"{p['n']} samples per seed{how}"] if "reference" in p else []
     if "nll_n" in p:
         k = f", k = {p['nll_k']}" if "nll_k" in p else ""

@@ -25,3 +25,24 @@ CAPTION_STYLES = {"terse": _terse, "names": _names, "descriptive": _terse}
 
 def caption_set(dataset, style, *, phrasing="train", holdout=True):
     return Captions(CAPTION_STYLES[style](dataset, phrasing, holdout), dataset.y, {}, style)
+
+@dataclass(frozen=True)
+class Prompts:
+    texts: tuple
+    labels: object
+    requested: dict = field(default_factory=dict)
+
+def prompt_set(dataset, style, *, phrasing="train", seed=0):
+    c = caption_set(dataset, style, phrasing=phrasing, holdout=False)
+    return Prompts(tuple(t[(seed + i) % len(t)] for i, t in enumerate(c.texts)), dataset.y, {})
+
+def heldout_prompts(name):
+    raise ConfigError("no held-out combinations in the stub")
+
+def cycle(prompts, n):
+    import torch
+    idx = [i % len(prompts.texts) for i in range(n)]
+    return Prompts(tuple(prompts.texts[i] for i in idx), None if prompts.labels is None else torch.as_tensor(prompts.labels)[idx], {k: v[idx] for k, v in prompts.requested.items()})
+
+def measure(x, dataset):
+    raise NotImplementedError

@@ -71,6 +71,11 @@ class CaptionTable:
         rows = self.choices[index, pick]
         return {k: v[rows] for k, v in self.values.items()}
 
+    def first_captions(self, n: int) -> dict:
+        """The ``text`` value of items 0..n-1 (cycling), each its first phrasing: what previews draw."""
+        rows = self.choices[torch.arange(n, device=self.choices.device) % len(self.choices), 0]
+        return {k: v[rows] for k, v in self.values.items()}
+
     def to(self, device) -> CaptionTable:
         return CaptionTable(self.texts, {k: v.to(device) for k, v in self.values.items()},
                             self.choices.to(device), self.counts.to(device))

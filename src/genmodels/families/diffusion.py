@@ -146,10 +146,14 @@ class DiffusionFamily(Family):
         """draw(seeds, labels) -> samples from the current EMA weights with the preview's sampler
         (latent runs: decoded by the frozen autoencoder)."""
         s, space = ctx.cfg.sample, latent_space(ctx.cfg, ctx.bases)
+        captions = getattr(ctx.dataset, "text", None)
 
         def draw(seeds, labels=None):
+            cond = _label_cond(labels, ctx.device) or {}
+            if captions is not None:  # text runs: sample i draws training item i's first caption
+                cond["text"] = captions.first_captions(len(seeds))
             x = generate(build.make_denoiser(ema.module, path, param), path, shape=ctx.dataset.shape, seeds=seeds,
-                         sampler=s.sampler, steps=min(s.steps, 25), eta=s.eta, cond=_label_cond(labels, ctx.device),
+                         sampler=s.sampler, steps=min(s.steps, 25), eta=s.eta, cond=cond or None,
                          device=ctx.device)
             return x if space is None else space.decode(x)
         return draw

@@ -110,26 +110,42 @@ def summarize(per_seed: list[dict]) -> tuple[dict, dict]:
 
 
 def evaluate(pipe, *, run_dir=None, metrics=None, n=5000, seeds=(0, 1, 2), sampler=None, steps=None,
-             eta=None, features=None, weights="ema", nll_n=64, nll_steps=None, nll_method=None, nll_k=None,
-             batch_size=64, progress=True, log=True, proxy=False) -> EvalResult:
+             eta=None, guidance=None, prompts="train", features=None, weights="ema", nll_n=64, nll_steps=None,
+             nll_method=None, nll_k=None, batch_size=64, progress=True, log=True, proxy=False) -> EvalResult:
     """Sample a loaded model (any family's pipeline) per the protocol and score it by the
     ``metrics`` of the registry; appends a row to ``run_dir``'s metrics.jsonl (unless ``log`` is
     False). The likelihood (``nll``) is the pipeline's own ``nll_scores`` on ``nll_n`` held-out
     items, with its ``nll_settings`` (``nll_steps``, ``nll_method`` for diffusion, ``nll_k`` for
-    VAEs)."""
+    VAEs).
+
+    Text-to-image runs draw sample i with the caption of held-out item i mod N (``prompts``:
+    ``train`` = a training phrasing, ``heldout`` = a phrasing never trained on, ``combinations``
+    = the attribute combinations held out of training; ``genmodels.data.captions``), and are
+    also scored by how well the samples follow them (clip_score, r_precision, prompt_class_acc,
+    attribute_rho). ``guidance``: the classifier-free guidance scale (default: the sampler's, 1)."""
     cfg = pipe.config
     images = len(pipe.data_shape) == 3
     kind = "image" if images else "points"
     conditional = pipe.net_num_classes is not None
-    metrics = parse_metrics(metrics or (*default_metrics(kind, conditional=conditional), *pipe.own_metrics), kind=kind)
+    text = getattr(cfg, "text", None) is not None and cfg.text.captions is not None
+    metrics = parse_metrics(metrics or (*default_metrics(kind, conditional=conditional, text=text),
+                                        *pipe.own_metrics), kind=kind)
     if needs(metrics, "labels") and not conditional:
         raise ConfigError("cacc (conditional accuracy) needs a class-conditional model; this one is not")
     if n < 2:
         raise ConfigError(f"n must be at least 2, got {n}")
     sampling = pipe.sample_settings(sampler=sampler, steps=steps, eta=eta)
+    if guidance is not None:
+        sampling["guidance"] = guidance
+    if needs(metrics, "prompts") and not text:
+        raise ConfigError("clip_score, r_precision, prompt_class_acc and attribute_rho score text-to-image runs "
+                          "(text.captions); this run has no text")
+    prompt_set = _prompts(cfg, prompts, n) if text else None
     timings = {}
     protocol = {"run": None if run_dir is None else str(run_dir), "images_seen": _images_seen(run_dir),
-                "weights": weights, "n": n, "seeds": list(seeds), **sampling, "metrics": list(metrics), "proxy": proxy}
+                "weights": weights, "n": n, "seeds": list(seeds), **sampling, "metrics": list(metrics), "proxy": proxy,
+                **({"prompts": f"{prompts}: {cfg.text.captions} captions of {len(prompt_set.texts)} "
+                               f"held-out items"} if text else {})}
     nll_settings = pipe.nll_settings(nll_k=nll_k, nll_method=nll_method, nll_steps=nll_steps)
     if needs(metrics, "model"):
         protocol.update(nll_n=nll_n, **nll_settings)
@@ -155,11 +171,13 @@ def evaluate(pipe, *, run_dir=None, metrics=None, n=5000, seeds=(0, 1, 2), sampl
         labels = [i % pipe.net_num_classes for i in range(n)] if conditional else None
         inputs = EvalInputs(kind, labels=torch.tensor(labels) if labels else None, seed=seed,
                             nll=lambda seed=seed: _nll(pipe, nll_n=nll_n, seed=seed, progress=progress,
-                                                       settings=nll_settings), reconstruction=reconstruction)
+                                                       settings=nll_settings), reconstruction=reconstruction,
+                            prompts=prompt_set, dataset=cfg.data.name)
         if sample_metrics:  # nll alone needs no samples
             start = time.perf_counter()
+            asked = {} if prompt_set is None else {"prompt": list(prompt_set.texts)}
             inputs.samples = pipe.sample(n, seed=seed * SEED_STRIDE, labels=labels, batch_size=batch_size,
-                                         progress=progress, **sampling)
+                                         progress=progress, **sampling, **asked)
             timings["sampling"] = timings.get("sampling", 0.0) + time.perf_counter() - start
         if images and needs(sample_metrics, "features"):
             start = time.perf_counter()
@@ -188,6 +206,22 @@ def _image_reference(dataset, features, progress):
     if dataset not in REFERENCE_SPLITS:
         raise ConfigError(f"dataset {dataset!r} has no reference split; use genmodels eval --real/--fake")
     return net, reference_features(dataset, net, progress=progress)
+
+
+PROMPT_SETS = ("train", "heldout", "combinations")
+
+
+def _prompts(cfg, which: str, n: int):
+    """The prompts of ``n`` samples (``genmodels.data.captions.Prompts``): the held-out split's
+    captions cycled (``train`` / ``heldout`` phrasings), or the held-out attribute combinations."""
+    from ..data.captions import cycle, heldout_prompts, prompt_set
+
+    if which not in PROMPT_SETS:
+        raise ConfigError(f"prompts must be one of {', '.join(PROMPT_SETS)}, got {which!r}")
+    if which == "combinations":
+        return cycle(heldout_prompts(cfg.data.name), n)
+    test = load_dataset(cfg.data.name, split="test", image_size=cfg.data.image_size, channels=cfg.data.channels)
+    return cycle(prompt_set(test, cfg.text.captions, phrasing=which, seed=0), n)
 
 
 def _nll(pipe, *, nll_n, seed, progress, settings) -> dict:

@@ -45,6 +45,10 @@ class EvalInputs:
     seed: int = 0
     nll: Callable[[], dict] | None = None
     reconstruction: Callable[[], dict] | None = None  # the model's reconstruction scores of held-out images
+    # text-to-image runs: the prompt of each sample, the class it names and the attribute codes it
+    # states (genmodels.data.captions.Prompts), and the dataset (the judges' key)
+    prompts: object = None
+    dataset: str | None = None
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,8 @@ class Metric:
     """``kinds``: the data it applies to ("image", "points"); ``needs``: "samples" (drawn from the
     model), "features" (image features), "logits" (a classifier feature network), "labels" (a
     class-conditional model), "model" (it scores the model itself: a likelihood), "reconstruction"
-    (an autoencoder's reconstructions of held-out images)."""
+    (an autoencoder's reconstructions of held-out images), "prompts" (a text-to-image model: the
+    prompt each sample was drawn with)."""
 
     name: str
     kinds: tuple
@@ -143,13 +148,54 @@ for _name, _help in (("psnr", "PSNR of the reconstructions of held-out images (d
                      ("latent_std", "std of the posterior means of held-out images (autoencoders)"),
                      ("code_usage", "share of the codebook the held-out images use (VQ autoencoders)")):
     METRICS[_name] = Metric(_name, ("image",), _reconstruction(_name), _help, ("reconstruction",))
+
+
+def _prompt_class_acc(inp):
+    labels = None if inp.prompts is None else inp.prompts.labels
+    if inp.fake_logits is None or labels is None:
+        raise DataError("prompt_class_acc needs a text-to-image run on a labelled dataset with a classifier "
+                        "feature network (mnist, fashion, emoji)")
+    return {"prompt_class_acc": conditional_accuracy(inp.fake_logits, torch.as_tensor(labels))}
+
+
+def _attribute_rho(inp, *, attributes=("thickness", "slant")):
+    """Spearman's rho between the attribute codes each prompt states (thin < medium < thick, left
+    < upright < right) and the attribute measured on its sample, per attribute and averaged."""
+    from scipy.stats import spearmanr
+
+    from ..data.captions import measure
+
+    requested = {} if inp.prompts is None else inp.prompts.requested
+    asked = [a for a in attributes if a in requested]
+    if not asked:  # prompts that state none (emoji names, terse captions): nothing to score, like modes
+        return {}
+    measured = measure(inp.samples, inp.dataset)
+    out = {}
+    for a in asked:
+        codes = torch.as_tensor(requested[a]).double().numpy()
+        values = torch.as_tensor(measured[a]).double().numpy()
+        stated = codes >= 0  # a prompt that does not state the attribute has code -1
+        out[f"rho_{a}"] = float(spearmanr(codes[stated], values[stated]).statistic)
+    out["attribute_rho"] = sum(out.values()) / len(out)
+    return out
+
+
+METRICS["prompt_class_acc"] = Metric(
+    "prompt_class_acc", ("image",), _prompt_class_acc, "text-to-image: the dataset CNN reads the class the "
+    "prompt names", ("samples", "features", "logits", "prompts"))
+METRICS["attribute_rho"] = Metric(
+    "attribute_rho", ("image",), _attribute_rho, "text-to-image (MNIST): Spearman between the thickness/slant "
+    "the prompt states and the one measured on the sample", ("samples", "prompts"))
+
 ALIASES = {"fd": "fd_cnn", "fid": "fd_cnn", "rfd": "rfd_cnn"}
 
 
-def default_metrics(kind: str, *, conditional: bool = False) -> tuple[str, ...]:
+def default_metrics(kind: str, *, conditional: bool = False, text: bool = False) -> tuple[str, ...]:
     names = [m.name for m in METRICS.values() if m.default and kind in m.kinds]
     if conditional and kind == "image" and "cacc" in METRICS:
         names.append("cacc")
+    if text and kind == "image":  # a text-to-image run: how well the samples follow their prompts
+        names += [m.name for m in METRICS.values() if "prompts" in m.needs]
     return tuple(names)
 
 

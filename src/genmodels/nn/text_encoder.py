@@ -160,25 +160,28 @@ def encode_texts(texts, *, progress: bool = False) -> TextEmbeddings:
 
 class LearnedTextEncoder(nn.Module):
     """A small transformer text encoder trained from scratch with the generator (the baseline of
-    Imagen's finding that a large frozen encoder matters): MiniLM's tokenizer, learned token and
-    position embeddings, ``layers`` pre-norm transformer layers; the pooled vector is the masked
-    mean, like MiniLM's. ``forward(ids [B, L], mask [B, L]) -> TextEmbeddings``."""
+    Imagen's finding that a large frozen encoder matters): MiniLM's tokenizer, its ids hashed into
+    ``vocab_size`` learned embeddings (captions use a few hundred distinct tokens, so collisions
+    are rare, and AdamW need not update a 30,522-row table each step), learned positions,
+    ``layers`` pre-norm transformer layers of width ``width``, projected to ``dim``; the pooled
+    vector is the masked mean, like MiniLM's. ``forward(ids [B, L], mask [B, L]) -> TextEmbeddings``."""
 
-    def __init__(self, *, dim: int = 384, layers: int = 2, heads: int = 4, vocab_size: int = 30522,
-                 max_tokens: int = MAX_TOKENS):
+    def __init__(self, *, dim: int = 384, width: int = 128, layers: int = 2, heads: int = 4,
+                 vocab_size: int = 4096, max_tokens: int = MAX_TOKENS):
         super().__init__()
-        self.dim = dim
-        self.token = nn.Embedding(vocab_size, dim)
-        self.position = nn.Parameter(torch.zeros(max_tokens, dim))
-        layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout=0.0, batch_first=True, norm_first=True)
+        self.dim, self.vocab_size = dim, vocab_size
+        self.token = nn.Embedding(vocab_size, width)
+        self.position = nn.Parameter(torch.zeros(max_tokens, width))
+        layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, batch_first=True, norm_first=True)
         self.layers = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(width)
+        self.out = nn.Linear(width, dim)
         nn.init.normal_(self.token.weight, std=0.02)
         nn.init.normal_(self.position, std=0.02)
 
     def forward(self, ids: Tensor, mask: Tensor) -> TextEmbeddings:
-        h = self.token(ids) + self.position[: ids.shape[1]]
-        h = self.norm(self.layers(h, src_key_padding_mask=~mask))
+        h = self.token(ids % self.vocab_size) + self.position[: ids.shape[1]]
+        h = self.out(self.norm(self.layers(h, src_key_padding_mask=~mask)))
         h = h * mask.unsqueeze(-1)
         return TextEmbeddings(h, mask, mean_pool(h, mask))
 

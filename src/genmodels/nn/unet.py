@@ -88,7 +88,7 @@ class UNet(nn.Module):
                  dropout: float = 0.0, num_classes: int | None = None, norm_groups: int = 8,
                  extra_up_block: bool = True, context_dim: int | None = None,
                  cross_attn_resolutions: Sequence[int] = (), concat_cond: Sequence[str] = (),
-                 concat_channels: Sequence[int] | None = None):
+                 concat_channels: Sequence[int] | None = None, text_encoder_layers: int = 0):
         super().__init__()
         channel_mult = tuple(channel_mult)
         attn_resolutions = tuple(attn_resolutions)
@@ -119,6 +119,12 @@ class UNet(nn.Module):
             self.text_embed = nn.Linear(context_dim, emb_dim)  # the pooled text vector, beside the class
             self.null_text_token = nn.Parameter(torch.zeros(context_dim))
             self.null_text_pooled = nn.Parameter(torch.zeros(context_dim))
+        if text_encoder_layers:  # a text encoder learned from scratch with the net (Imagen's baseline)
+            if not context_dim:
+                raise ConfigError("model.text_encoder_layers needs text conditioning (model.context_dim)")
+            from genmodels.nn.text_encoder import LearnedTextEncoder
+
+            self.text_encoder = LearnedTextEncoder(dim=context_dim, layers=text_encoder_layers)
 
         block = dict(emb_dim=emb_dim, dropout=dropout, norm_groups=norm_groups)
         attn = dict(num_heads=num_heads, norm_groups=norm_groups)
@@ -180,6 +186,8 @@ class UNet(nn.Module):
         context = None
         if self.context_dim:
             text = cond.get("text") or self.null_text_for(batch, x.device)
+            if "ids" in text:  # token ids for the learned encoder
+                text = self._encode_ids(text)
             states, mask = _text_context(text, batch, self.context_dim)
             context = (states.to(x.dtype), mask)  # an encoder's fp16/fp64 states meet the net's dtype
             if text.get("pooled") is not None:
@@ -217,9 +225,27 @@ class UNet(nn.Module):
                 "mask": torch.ones(batch, 1, dtype=torch.bool, device=device),
                 "pooled": self.null_text_pooled.expand(batch, -1)}
 
+    def _encode_ids(self, text: dict) -> dict:
+        """``{"ids", "mask", "null"}`` -> the learned encoder's states, with the null text in the
+        rows marked ``null`` (caption dropout, empty prompts)."""
+        if self._modules.get("text_encoder") is None:
+            raise ValueError("cond['text'] holds token ids but this UNet has no learned text encoder "
+                             "(model.text_encoder_layers); give MiniLM states")
+        emb = self.text_encoder(text["ids"], text["mask"].bool())
+        out = {"states": emb.states, "mask": emb.mask, "pooled": emb.pooled}
+        null = text.get("null")
+        if null is not None and bool(null.any()):
+            nulls = self.null_text(out)
+            keep = ~null.bool()
+            out = {k: torch.where(keep.view(-1, *[1] * (v.ndim - 1)), v, nulls[k].to(v.dtype)) for k, v in out.items()}
+        return out
+
     def null_text(self, text: dict) -> dict:
         """The null of a ``text`` value, shaped like it (for classifier-free guidance): every
-        position holds the learned null token and only the first is unmasked."""
+        position holds the learned null token and only the first is unmasked. Token ids (the
+        learned encoder's input) are marked ``null`` instead, and replaced after encoding."""
+        if "ids" in text:
+            return {**text, "null": torch.ones_like(text["null"], dtype=torch.bool)}
         states = text["states"]
         batch, length = states.shape[:2]
         mask = torch.zeros(batch, length, dtype=torch.bool, device=states.device)
