@@ -1,12 +1,14 @@
 """Tests for genmodels.data.captions: measurers on drawn shapes with known answers and on real
-MNIST, the fixed word thresholds."""
+MNIST, the fixed word thresholds, caption styles read back word by word, held-out combinations."""
+
+import re
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from genmodels.data import load_dataset
+from genmodels.data import Dataset, load_dataset
 from genmodels.data import captions as C
 from genmodels.errors import ConfigError
 
@@ -188,3 +190,159 @@ def test_codes_index_the_word_tables():
             assert C.codes_of({n: values for n in C.THRESHOLDS[kind]}, kind)[name].tolist() == [0, 1, len(cuts)]
     with pytest.raises(ConfigError, match="mnist, fashion"):
         C.measure(torch.zeros(1, 1, 28, 28), "emoji")
+
+
+# ---------------------------------------------------------------- captions read back
+
+
+def _stated(text, kind):
+    """The code of each attribute whose word ``text`` contains (-1: none); fails on two words."""
+    found = {}
+    for name, words in C.WORDS[kind].items():
+        hits = [k for k, word in enumerate(words) if re.search(rf"\b{word}\b", text)]
+        assert len(hits) <= 1, (text, name)
+        found[name] = hits[0] if hits else -1
+    return found
+
+
+def _names_class(text, kind, label):
+    if kind == "mnist":
+        named = {k for k in range(10) if re.search(rf"\b({k}|{C.NUMBER_WORDS[k]})\b", text)}
+    else:  # "shirt" is inside "t-shirt": read the longest noun that fits
+        nouns = [k for k, noun in enumerate(C.FASHION_NOUNS) if re.search(rf"(?<![\w-]){noun}\b", text)]
+        named = set(nouns)
+    return named == {label}
+
+
+@pytest.fixture(scope="module")
+def fashion_small():
+    data = load_dataset("fashion", split="test")
+    return Dataset("fashion", data.x[:3000], data.y[:3000], data.class_names, "image")
+
+
+@pytest.mark.parametrize("phrasing", C.PHRASINGS)
+@pytest.mark.parametrize("holdout", [True, False])
+def test_descriptive_captions_state_the_measured_words(mnist, fashion_small, phrasing, holdout):
+    for kind, data in (("mnist", mnist), ("fashion", fashion_small)):
+        captions = C.caption_set(data, "descriptive", phrasing=phrasing, holdout=holdout)
+        measured = C.attribute_codes(data.x, kind)
+        assert len(captions) == len(data) and captions.labels is data.y
+        n_templates = len(C.TEMPLATES["descriptive"][kind][phrasing])
+        for i in range(0, len(data), 7):
+            assert len(captions.texts[i]) == n_templates
+            asked = {n: int(v[i]) for n, v in captions.requested.items()}
+            assert all(asked[n] in (-1, measured[n][i]) for n in asked)
+            for text in captions.texts[i]:
+                assert _stated(text, kind) == asked, text
+                assert _names_class(text, kind, int(data.y[i])), text
+
+
+def test_train_and_heldout_phrasings_never_coincide(mnist):
+    train = C.caption_set(mnist, "descriptive")
+    heldout = C.caption_set(mnist, "descriptive", phrasing="heldout")
+    assert not {t for ts in train.texts for t in ts} & {t for ts in heldout.texts for t in ts}
+    assert C.caption_set(mnist, "descriptive").texts == train.texts  # deterministic
+
+
+def test_holdout_hides_every_combination_from_training_text(mnist):
+    y = mnist.y.numpy()
+    for holdout in (True, False):
+        captions = C.caption_set(mnist, "descriptive", holdout=holdout)
+        for combination in C.HELDOUT_COMBINATIONS["mnist"]:
+            wanted = {n: C.WORDS["mnist"][n].index(w) for n, w in combination.items() if n != "label"}
+            said = [i for i in np.flatnonzero(y == combination["label"])
+                    if any(all(_stated(t, "mnist")[n] == c for n, c in wanted.items()) for t in captions.texts[i])]
+            # the comment above HELDOUT_COMBINATIONS promises >= 20 such training items
+            assert len(said) == 0 if holdout else len(said) >= 20, (combination, len(said))
+    masked = C.caption_set(mnist, "descriptive").requested
+    assert (masked["width"] >= 0).all()  # attributes outside the combinations stay
+    assert ((masked["thickness"] == -1) == (masked["slant"] == -1)).all()
+
+
+def test_fashion_combinations_occur_in_train(fashion):
+    codes, y = C.attribute_codes(fashion.x, "fashion"), fashion.y.numpy()
+    hidden = C.heldout_mask(y, codes, "fashion")
+    for combination in C.HELDOUT_COMBINATIONS["fashion"]:
+        match = y == combination["label"]
+        named = [name for name in combination if name != "label"]
+        for name in named:
+            match &= codes[name] == C.WORDS["fashion"][name].index(combination[name])
+        assert match.sum() >= 20 and all(hidden[name][match].all() for name in named)
+    assert not hidden["size"].any()
+
+
+@pytest.mark.parametrize("kind", C.KINDS)
+def test_heldout_prompts_ask_for_exactly_the_combinations(kind):
+    prompts = C.heldout_prompts(kind, repeats=2)
+    combos = C.HELDOUT_COMBINATIONS[kind]
+    assert len(prompts) == 2 * len(combos) * len(C.TEMPLATES["descriptive"][kind]["heldout"])
+    for i, text in enumerate(prompts.texts):
+        label = int(prompts.labels[i])
+        assert _names_class(text, kind, label), text
+        assert _stated(text, kind) == {n: int(v[i]) for n, v in prompts.requested.items()}, text
+        asked = {n: C.WORDS[kind][n][int(v[i])] for n, v in prompts.requested.items() if v[i] >= 0}
+        assert {"label": label, **asked} in combos
+    train = C.heldout_prompts(kind, phrasing="train")
+    assert not set(train.texts) & set(prompts.texts)
+    with pytest.raises(ConfigError, match="mnist, fashion"):
+        C.heldout_prompts("emoji")
+
+
+def test_prompt_set_picks_one_phrasing_per_item_by_seed(mnist):
+    data = Dataset("mnist", mnist.x[:300], mnist.y[:300], mnist.class_names, "image")
+    pool = C.caption_set(data, "descriptive", phrasing="heldout", holdout=False)
+    first, again = C.prompt_set(data, "descriptive", seed=0), C.prompt_set(data, "descriptive", seed=0)
+    other = C.prompt_set(data, "descriptive", seed=1)
+    assert first.texts == again.texts and first.texts != other.texts
+    assert all(t in options for t, options in zip(first.texts, pool.texts))
+    used = {"number" if t.startswith("number ") else "picture" if t.startswith("a picture") else "word"
+            for t in first.texts}
+    assert len(used) == 3  # every held-out template is drawn
+    for name, value in pool.requested.items():
+        np.testing.assert_array_equal(first.requested[name], value)
+        assert (value >= 0).all()  # prompts are never masked
+
+
+def test_terse_and_names():
+    captions = ("grinning face; grinning", "flag: Japan", "red heart; heart; red heart")
+    emoji = Dataset("emoji", torch.zeros(3, 3, 8, 8), torch.tensor([0, 8, 7]), ("a",) * 9, "image", captions=captions)
+    assert C.caption_set(emoji, "names").texts == (("grinning face", "grinning"), ("flag: Japan",),
+                                                   ("red heart", "heart"))
+    assert C.caption_set(emoji, "names", phrasing="heldout").texts[1] == ("an emoji of flag: Japan",
+                                                                         "flag: Japan, as an emoji")
+    terse = C.caption_set(emoji, "terse")
+    assert terse.texts == (("grinning face",), ("flag: Japan",), ("red heart",)) and terse.requested == {}
+    digits = load_dataset("digits", split="test")
+    assert C.caption_set(digits, "terse").texts[:2] == ((str(int(digits.y[0])),), (str(int(digits.y[1])),))
+    assert C.caption_set(digits, "terse", phrasing="heldout").texts[0] == (C.NUMBER_WORDS[int(digits.y[0])],)
+    fashion = Dataset("fashion", torch.zeros(2, 1, 28, 28), torch.tensor([9, 1]), (), "image")
+    assert C.caption_set(fashion, "terse", phrasing="heldout").texts == (("an ankle boot",), ("a trouser",))
+
+
+def test_styles_a_dataset_cannot_have_are_refused_with_the_ones_it_can():
+    emoji = Dataset("emoji", torch.zeros(1, 3, 8, 8), torch.tensor([0]), ("a",), "image", captions=("x",))
+    with pytest.raises(ConfigError, match="emoji cannot have descriptive captions; it supports terse, names$"):
+        C.caption_set(emoji, "descriptive")
+    mnist = Dataset("mnist", torch.zeros(1, 1, 28, 28), torch.tensor([0]), ("0",), "image")
+    with pytest.raises(ConfigError, match="it supports descriptive, terse$"):
+        C.caption_set(mnist, "names")
+    with pytest.raises(ConfigError, match="neither labels nor captions"):
+        C.caption_set(load_dataset("moons", n_points=10), "terse")
+    with pytest.raises(ConfigError, match="choose one of descriptive, terse, names"):
+        C.caption_set(mnist, "poetic")
+    with pytest.raises(ConfigError, match="choose one of train, heldout"):
+        C.caption_set(mnist, "terse", phrasing="test")
+
+
+def test_descriptive_measures_resized_and_repeated_channel_sets_at_28(mnist):
+    native = C.caption_set(mnist, "descriptive", holdout=False).requested
+    x = F.interpolate(mnist.x, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
+    resized = Dataset("mnist", x.clamp(-1, 1).expand(-1, 3, -1, -1), mnist.y, mnist.class_names, "image")
+    for name, codes in C.caption_set(resized, "descriptive", holdout=False).requested.items():
+        assert np.mean(codes == native[name]) > 0.8, name
+
+
+def test_render_drops_parts_and_fixes_articles():
+    assert C.render("a[ {thickness}] {digit}[, {slant}]", {"digit": "8"}) == "an 8"
+    assert C.render("a[ {size}] {noun}", {"noun": "one"}) == "a one"
+    assert C.render("a[ {size}] {noun}", {"noun": "ankle boot", "size": "large"}) == "a large ankle boot"

@@ -44,19 +44,45 @@ with the fixed ``THRESHOLDS`` into ordinal codes 0, 1, ... that index ``WORDS[ki
 
 ``descriptive`` captions measure a set at 28 x 28 (resized if loaded at another size; channel 0).
 
+Styles
+------
+``CAPTION_STYLES``: ``descriptive`` (class and attribute words, several templates per item, mnist
+and fashion), ``terse`` (the class only: "7", "trouser"; emoji: the CLDR name) and ``names`` (the
+dataset's own captions, "name; alias; alias" split into phrasings). ``TEMPLATES[style][kind]`` has a
+``train`` pool and a ``heldout`` pool of phrasings never used in training, to test whether a model
+generalises to new wordings. In a template ``[...]`` is a part dropped when the attribute it names is
+not stated.
+
+Held-out combinations
+---------------------
+``HELDOUT_COMBINATIONS[kind]`` lists (class, attribute words) combinations a model should never read
+together in training. ``caption_set(..., holdout=True)`` (the default) leaves the combination's
+attributes out of the captions of every item that has it; the class and the other attributes stay.
+The masking goes by content, not by split, so a model trained on split "all" does not see them
+either. ``heldout_prompts(kind)`` asks for exactly those combinations, to test compositional
+generalisation; ``prompt_set`` never masks.
+
     from genmodels.data import load_dataset
-    from genmodels.data.captions import attribute_codes, measure
-    x = load_dataset("mnist", split="train").x
-    measure(x, "mnist")           # {'thickness': array([1.98, 2.10, 3.34, ...]), 'slant': ..., ...}
-    attribute_codes(x, "mnist")   # {'thickness': array([0, 0, 2, ...]), ...}: WORDS[kind][name][code]
+    from genmodels.data.captions import attribute_codes, caption_set, heldout_prompts, prompt_set
+    train = caption_set(load_dataset("mnist", split="train"), "descriptive")
+    train.texts[0]    # ('a thin 2, upright, narrow', 'handwritten two, thin stroke, upright, narrow', ...)
+    train.requested   # {'thickness': array([0, 0, 2, ...]), 'slant': ..., 'width': ...}
+    prompts = prompt_set(load_dataset("mnist", split="test"), "descriptive")  # held-out phrasings
+    samples = model_sample(prompts.texts)                  # [N, 1, 28, 28] in [-1, 1]
+    codes = attribute_codes(samples, "mnist")              # compare with prompts.requested
+    unseen = heldout_prompts("mnist", repeats=10)          # 3 combinations x 3 templates x 10
 """
 
 from __future__ import annotations
 
 import functools
+import re
+import string
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from genmodels.errors import ConfigError
@@ -64,7 +90,9 @@ from genmodels.errors import ConfigError
 __all__ = [
     "FLOOR", "BoundingBox", "zhang_suen", "stroke_thickness", "slant", "bounding_box", "size", "width",
     "position", "brightness", "fill", "MEASURES", "WORDS", "THRESHOLDS", "KINDS", "measure", "codes_of",
-    "attribute_codes",
+    "attribute_codes", "HELDOUT_COMBINATIONS", "heldout_mask", "NUMBER_WORDS", "FASHION_NOUNS", "PHRASINGS",
+    "TEMPLATES", "render", "Captions", "Prompts", "supported_styles", "CAPTION_STYLES", "caption_set",
+    "prompt_set", "heldout_prompts",
 ]  # fmt: skip
 
 FLOOR = 0.1  # ink at or below this is background
@@ -318,3 +346,254 @@ def codes_of(measurements: dict[str, np.ndarray], kind: str) -> dict[str, np.nda
 def attribute_codes(x, kind: str) -> dict[str, np.ndarray]:
     """``codes_of(measure(x, kind), kind)``: what to compare with a prompt's ``requested``."""
     return codes_of(measure(x, kind), kind)
+
+
+# ---------------------------------------------------------------- held-out combinations
+
+# Counts in train with the thresholds above (mnist has 450 train items per class, fashion 6,000):
+# mnist 3 thick leaning left 46, 1 thin leaning right 51, 7 thick upright 54; fashion Trouser
+# dark solid 1,013, Bag bright sparse 1,025, Dress bright sparse 631. Each class keeps its other
+# combinations, so every word is still seen with the class (thick 3s upright, thin 3s leaning left).
+HELDOUT_COMBINATIONS = {
+    "mnist": (
+        {"label": 3, "thickness": "thick", "slant": "leaning left"},
+        {"label": 1, "thickness": "thin", "slant": "leaning right"},
+        {"label": 7, "thickness": "thick", "slant": "upright"},
+    ),
+    "fashion": (
+        {"label": 1, "brightness": "dark", "fill": "solid"},  # Trouser
+        {"label": 8, "brightness": "bright", "fill": "sparse"},  # Bag
+        {"label": 3, "brightness": "bright", "fill": "sparse"},  # Dress
+    ),
+}
+
+
+def _combination_codes(kind: str, combination: dict) -> dict[str, int]:
+    return {name: WORDS[kind][name].index(word) for name, word in combination.items() if name != "label"}
+
+
+def heldout_mask(labels: np.ndarray, codes: dict[str, np.ndarray], kind: str) -> dict[str, np.ndarray]:
+    """Per attribute, bool [N]: the items whose captions must leave it out, because the item has
+    one of ``HELDOUT_COMBINATIONS[kind]`` that names it."""
+    hide = {name: np.zeros(len(labels), bool) for name in codes}
+    for combination in HELDOUT_COMBINATIONS.get(kind, ()):
+        wanted = _combination_codes(kind, combination)
+        match = labels == combination["label"]
+        for name, code in wanted.items():
+            match &= codes[name] == code
+        for name in wanted:
+            hide[name] |= match
+    return hide
+
+
+# ---------------------------------------------------------------- templates and styles
+
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+FASHION_NOUNS = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                 "ankle boot")  # FASHION_CLASSES as nouns for a sentence
+PHRASINGS = ("train", "heldout")
+# style -> template set -> pool -> templates. A "[...]" part is dropped when an attribute it names
+# is not stated (a held-out combination's); the text outside brackets names the class only.
+TEMPLATES = {
+    "descriptive": {
+        "mnist": {
+            "train": (
+                "a[ {thickness}] {digit}[, {slant}][, {width}]",
+                "handwritten {word}[, {thickness} stroke][, {slant}][, {width}]",
+                "the digit {digit}[, written with a {thickness} stroke][, {slant}][, {width}]",
+                "a[ {width}] {word}[ in {thickness} strokes][, {slant}]",
+            ),
+            "heldout": (
+                "number {digit}[: {thickness} lines][, {slant}][, {width}]",
+                "a picture of a[ {width}] {word}[, {slant}][, drawn with a {thickness} pen]",
+                "{word} ({digit})[, {slant}][, {thickness}-stroked][, {width}]",
+            ),
+        },
+        "fashion": {
+            "train": (
+                "a[ {brightness}][ {fill}] {noun}[, {size}]",
+                "a[ {brightness}] {noun}[, {fill} fill][, {size}]",
+                "a[ {size}] {noun}[ in {brightness} tones][, {fill}]",
+            ),
+            "heldout": (
+                "{noun}[: {brightness}][, {fill}][, {size}]",
+                "a photo of a[ {fill}][ {brightness}] {noun}[, {size} size]",
+            ),
+        },
+    },
+    # terse: the class alone; its held-out pool is the smallest rewording
+    "terse": {
+        "mnist": {"train": ("{digit}",), "heldout": ("{word}",)},
+        "fashion": {"train": ("{noun}",), "heldout": ("a {noun}",)},
+        "captioned": {"train": ("{name}",), "heldout": ("{name} emoji",)},
+        "classes": {"train": ("{noun}",), "heldout": ("a {noun}",)},
+    },
+    # names: every phrasing of the dataset's caption, bare in training
+    "names": {
+        "captioned": {"train": ("{phrasing}",), "heldout": ("an emoji of {phrasing}", "{phrasing}, as an emoji")},
+    },
+}
+_PART = re.compile(r"\[([^\]]*)\]")
+_ARTICLE = re.compile(r"\ba (?=[aeiu8]|o(?!ne\b))")  # "an 8", "an ankle boot", but "a one"
+
+
+def render(template: str, fields: dict[str, str]) -> str:
+    """Fill ``template``, dropping each ``[...]`` part that names a field missing from ``fields``."""
+    def part(match):
+        names = {name for _, name, _, _ in string.Formatter().parse(match[1]) if name}
+        return match[1] if names <= fields.keys() else ""
+    return _ARTICLE.sub("an ", _PART.sub(part, template).format(**fields))
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: tensors and arrays
+class Captions:
+    """Per item all its phrasings from one pool (at least one each); ``labels``: the dataset's y
+    (or None); ``requested``: attribute -> int64 [N] codes the captions state (-1: not stated;
+    empty for terse and names)."""
+
+    texts: tuple[tuple[str, ...], ...]
+    labels: Tensor | None
+    requested: dict[str, np.ndarray]
+    style: str
+    phrasing: str
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass(frozen=True, eq=False)
+class Prompts:
+    """One prompt per item, with the class (``labels``) and attribute codes (``requested``, -1:
+    not asked) an image generated from it should show."""
+
+    texts: tuple[str, ...]
+    labels: Tensor | None
+    requested: dict[str, np.ndarray]
+    style: str
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def _base(dataset) -> str:
+    return dataset.name.removeprefix("edges:")  # edge-map pairs keep their source images as x
+
+
+def supported_styles(dataset) -> tuple[str, ...]:
+    """The caption styles ``dataset`` can have: descriptive for mnist and fashion (their
+    attributes are measured), terse for any labelled or captioned set, names where it has captions."""
+    styles = ("descriptive",) if _base(dataset) in KINDS else ()
+    styles += ("terse",) if dataset.y is not None or dataset.captions else ()
+    return styles + (("names",) if dataset.captions else ())
+
+
+def _class_fields(base: str, *, class_names=(), captions=()) -> list[dict[str, str]]:
+    """Per label (per item, for captioned sets) the fields that name the class."""
+    if captions:
+        return [{"name": c.split("; ")[0]} for c in captions]
+    if base in ("mnist", "digits"):
+        return [{"digit": str(k), "word": NUMBER_WORDS[k]} for k in range(10)]
+    if base == "fashion":
+        return [{"noun": noun} for noun in FASHION_NOUNS]
+    return [{"noun": name.lower()} for name in class_names]
+
+
+def _fields_of(dataset) -> list[dict[str, str]]:
+    return _class_fields(_base(dataset), class_names=dataset.class_names, captions=dataset.captions)
+
+
+def _mnist_like(dataset) -> Tensor:
+    """The grayscale 28 x 28 images attributes are measured (and thresholded) on."""
+    x = dataset.x[:, :1]
+    if x.shape[-2:] != (28, 28):
+        x = F.interpolate(x, size=(28, 28), mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)
+    return x
+
+
+def _descriptive(dataset, *, phrasing: str, holdout: bool):
+    kind = _base(dataset)
+    labels = dataset.y.numpy()
+    codes = attribute_codes(_mnist_like(dataset), kind)
+    if holdout:
+        hide = heldout_mask(labels, codes, kind)
+        codes = {name: np.where(hide[name], -1, code) for name, code in codes.items()}
+    names = list(codes)
+    keys, inverse = np.unique(np.stack([labels, *codes.values()], 1), axis=0, return_inverse=True)
+    classes, templates = _fields_of(dataset), TEMPLATES["descriptive"][kind][phrasing]
+    table = []  # one tuple of phrasings per distinct (label, codes): a few hundred, not N
+    for label, *row in keys.tolist():
+        fields = {**classes[label], **{n: WORDS[kind][n][c] for n, c in zip(names, row) if c >= 0}}
+        table.append(tuple(render(t, fields) for t in templates))
+    return tuple(table[j] for j in inverse.reshape(-1)), codes
+
+
+def _terse(dataset, *, phrasing: str, holdout: bool):
+    group = "captioned" if dataset.captions else _base(dataset) if _base(dataset) in KINDS else "classes"
+    group = "mnist" if _base(dataset) == "digits" else group
+    templates, classes = TEMPLATES["terse"][group][phrasing], _fields_of(dataset)
+    keys = range(len(dataset)) if dataset.captions else dataset.y.tolist()
+    return tuple(tuple(render(t, classes[k]) for t in templates) for k in keys), {}
+
+
+def _names(dataset, *, phrasing: str, holdout: bool):
+    templates = TEMPLATES["names"]["captioned"][phrasing]
+
+    def phrasings(caption: str) -> tuple[str, ...]:
+        parts = dict.fromkeys(p.strip() for p in caption.split(";") if p.strip()) or {caption: None}
+        return tuple(render(t, {"phrasing": p}) for p in parts for t in templates)
+    return tuple(phrasings(c) for c in dataset.captions), {}
+
+
+# style -> (dataset, *, phrasing, holdout) -> (texts per item, requested codes)
+CAPTION_STYLES = {"descriptive": _descriptive, "terse": _terse, "names": _names}
+
+
+def caption_set(dataset, style: str, *, phrasing: str = "train", holdout: bool = True) -> Captions:
+    """Every item's captions in ``style`` from the ``phrasing`` pool ("train" or "heldout");
+    deterministic. ``holdout`` leaves ``HELDOUT_COMBINATIONS`` unstated (see the module docstring)."""
+    if style not in CAPTION_STYLES:
+        raise ConfigError(f"unknown caption style {style!r}; choose one of {', '.join(CAPTION_STYLES)}")
+    if phrasing not in PHRASINGS:
+        raise ConfigError(f"unknown phrasing {phrasing!r}; choose one of {', '.join(PHRASINGS)}")
+    supported = supported_styles(dataset)
+    if style not in supported:
+        offer = f"it supports {', '.join(supported)}" if supported else "it has neither labels nor captions"
+        raise ConfigError(f"dataset {dataset.name} cannot have {style} captions; {offer}")
+    texts, requested = CAPTION_STYLES[style](dataset, phrasing=phrasing, holdout=holdout)
+    return Captions(texts, dataset.y, requested, style, phrasing)
+
+
+def prompt_set(dataset, style: str, *, phrasing: str = "heldout", seed: int = 0) -> Prompts:
+    """One prompt per item, drawn by ``seed`` among its (never masked) phrasings: what an
+    evaluator asks a text-to-image model for, to check image i against ``labels[i]`` and
+    ``requested`` (e.g. Spearman with ``measure``)."""
+    captions = caption_set(dataset, style, phrasing=phrasing, holdout=False)
+    counts = np.array([len(t) for t in captions.texts])
+    pick = np.random.default_rng(seed).integers(0, counts) if len(counts) else counts
+    texts = tuple(t[k] for t, k in zip(captions.texts, pick.tolist()))
+    return Prompts(texts, captions.labels, captions.requested, style)
+
+
+def heldout_prompts(dataset_name: str, *, phrasing: str = "heldout", repeats: int = 1) -> Prompts:
+    """Prompts for exactly the ``HELDOUT_COMBINATIONS`` of ``dataset_name`` (mnist, fashion): each
+    combination in every template of the ``phrasing`` pool, ``repeats`` times over; attributes
+    outside the combination are not asked (-1 in ``requested``)."""
+    kind = dataset_name.removeprefix("edges:")
+    if kind not in HELDOUT_COMBINATIONS:
+        raise ConfigError(f"no held-out combinations for {dataset_name!r}; choose one of "
+                          f"{', '.join(HELDOUT_COMBINATIONS)}")
+    if phrasing not in PHRASINGS or repeats < 1:
+        raise ConfigError(f"heldout_prompts needs phrasing in {', '.join(PHRASINGS)} and repeats >= 1, "
+                          f"got {phrasing!r} and {repeats}")
+    classes = _class_fields(kind)
+    texts, labels, requested = [], [], {name: [] for name in MEASURES[kind]}
+    for combination in HELDOUT_COMBINATIONS[kind]:
+        wanted = _combination_codes(kind, combination)
+        fields = {**classes[combination["label"]], **{n: WORDS[kind][n][c] for n, c in wanted.items()}}
+        for template in TEMPLATES["descriptive"][kind][phrasing]:
+            texts.append(render(template, fields))
+            labels.append(combination["label"])
+            for name, column in requested.items():
+                column.append(wanted.get(name, -1))
+    return Prompts(tuple(texts) * repeats, torch.tensor(labels * repeats, dtype=torch.int64),
+                   {n: np.tile(np.array(v, np.int64), repeats) for n, v in requested.items()}, "descriptive")
