@@ -4,8 +4,10 @@
     data = load_dataset("mnist", split="train")           # Dataset, x [4500, 1, 28, 28]
     batches = InfiniteBatches(data, 128, seed=0)
     batch = next(batches)                                  # {"x": [128, 1, 28, 28], "y": [128]}
+    captions = caption_set(data, "descriptive")            # texts[i]: "a thin 2, upright, narrow", ...
 """
 
+from genmodels.data.captions import CAPTION_STYLES, Captions, Prompts, caption_set, heldout_prompts, prompt_set
 from genmodels.data.datasets import DATASET_NAMES, SPLITS, Dataset, load_dataset
 from genmodels.data.folder import load_image_folder
 from genmodels.data.loader import InfiniteBatches, derive_seed
@@ -21,4 +23,10 @@ __all__ = [
     "TOY_DISTRIBUTIONS",
     "ToyDistribution",
     "load_image_folder",
+    "CAPTION_STYLES",
+    "Captions",
+    "Prompts",
+    "caption_set",
+    "prompt_set",
+    "heldout_prompts",
 ]
