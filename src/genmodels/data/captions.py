@@ -92,7 +92,7 @@ __all__ = [
     "position", "brightness", "fill", "MEASURES", "WORDS", "THRESHOLDS", "KINDS", "measure", "codes_of",
     "attribute_codes", "HELDOUT_COMBINATIONS", "heldout_mask", "NUMBER_WORDS", "FASHION_NOUNS", "PHRASINGS",
     "TEMPLATES", "render", "Captions", "Prompts", "supported_styles", "CAPTION_STYLES", "caption_set",
-    "prompt_set", "heldout_prompts",
+    "prompt_set", "cycle", "heldout_prompts",
 ]  # fmt: skip
 
 FLOOR = 0.1  # ink at or below this is background
@@ -572,6 +572,15 @@ def prompt_set(dataset, style: str, *, phrasing: str = "heldout", seed: int = 0)
     pick = np.random.default_rng(seed).integers(0, counts) if len(counts) else counts
     texts = tuple(t[k] for t, k in zip(captions.texts, pick.tolist()))
     return Prompts(texts, captions.labels, captions.requested, style)
+
+
+def cycle(prompts: Prompts, n: int) -> Prompts:
+    """``n`` prompts: ``prompts`` repeated in order (prompt i is item i mod N): what the evaluation
+    protocol draws sample i with."""
+    index = np.arange(n) % len(prompts)
+    labels = None if prompts.labels is None else torch.as_tensor(prompts.labels)[torch.from_numpy(index)]
+    return Prompts(tuple(prompts.texts[i] for i in index), labels,
+                   {k: np.asarray(v)[index] for k, v in prompts.requested.items()}, prompts.style)
 
 
 def heldout_prompts(dataset_name: str, *, phrasing: str = "heldout", repeats: int = 1) -> Prompts:
