@@ -23,10 +23,11 @@ def test_bundled_config_trains_a_step_and_samples(name, tmp_path):
     ae_tiny = tiny + ["ae.perceptual=discriminator"]
     if name.endswith("-ae"):
         tiny = ae_tiny
-    if name.endswith("-ldm"):  # latent diffusion: on the latents of the matching autoencoder config
+    latent = name.endswith("-ldm") or name == "emoji-t2i"
+    if latent:  # latent diffusion: on the latents of the matching autoencoder config
         with pytest.raises(ConfigError, match="latent.autoencoder is required"):
             load_config(name)
-        ae = name.replace("-ldm", "-ae")
+        ae = name.split("-")[0] + "-ae"
         try:
             train(load_config(ae, ae_tiny), tmp_path / "ae")
         except DataError as e:
@@ -45,3 +46,6 @@ def test_bundled_config_trains_a_step_and_samples(name, tmp_path):
     pipe = genmodels.load(tmp_path / "run", device="cpu")
     x = pipe.sample(2, seed=0, progress=False)
     assert x.shape[1:] == pipe.data_shape and torch.isfinite(x).all()
+    if cfg.text.captions:  # text-to-image configs take a prompt
+        x = pipe.sample(2, seed=0, prompt="a thick 7", progress=False)
+        assert x.shape[1:] == pipe.data_shape and torch.isfinite(x).all()

@@ -219,7 +219,7 @@ def _prompts(cfg, which: str, n: int):
     if which not in PROMPT_SETS:
         raise ConfigError(f"prompts must be one of {', '.join(PROMPT_SETS)}, got {which!r}")
     if which == "combinations":
-        return cycle(heldout_prompts(cfg.data.name), n)
+        return cycle(heldout_prompts(cfg.data.name, phrasing="train"), n)  # only the combination is new
     test = load_dataset(cfg.data.name, split="test", image_size=cfg.data.image_size, channels=cfg.data.channels)
     return cycle(prompt_set(test, cfg.text.captions, phrasing=which, seed=0), n)
 
