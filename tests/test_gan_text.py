@@ -94,6 +94,20 @@ def test_generator_output_depends_on_the_text_and_its_gradient_reaches_the_text_
     assert g.text_embed[0].weight.grad.abs().sum() > 0 and g.norm0.gamma.weight.grad.abs().sum() > 0
 
 
+def test_stylegan_reads_the_text_in_every_w_and_mixes_styles_under_one_text():
+    torch.manual_seed(0)
+    g = G.StyleGenerator(z_dim=8, w_dim=16, mapping_layers=2, base_channels=4, text_dim=D_TEXT).eval()
+    z, z2 = torch.randn(3, 8), torch.randn(3, 8)
+    noise = [torch.zeros(s) for s in g.noise_shapes(3)]
+    t1, t2 = {"text": _text(_unit(3, 7))}, {"text": _text(_unit(3, 8))}
+    with torch.no_grad():
+        a, b = g(z, t1, noise=noise), g(z, t2, noise=noise)
+        assert a.shape == (3, 1, 28, 28) and (a - b).abs().mean() > 1e-4
+        assert not torch.allclose(g.map(z, pooled=g.pooled_text(t1, 3)), g.map(z, pooled=g.pooled_text(t2, 3)))
+        mixed = g(z, t1, z2=z2, crossover=2, noise=noise)
+        assert not torch.allclose(mixed, a) and not torch.allclose(mixed, g(z2, t1, noise=noise))
+
+
 @pytest.mark.parametrize("spectral_norm", [False, True])
 def test_projection_discriminator_reads_the_text_through_the_inner_product(spectral_norm):
     """Miyato & Koyama 2018, Eq. 3: logit = psi(phi(x)) + <W t, phi(x)>, t scaled by sqrt(D)."""

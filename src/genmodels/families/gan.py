@@ -223,10 +223,11 @@ def recalibration_inputs(G, cfg, device, *, batches=8, batch_size=256):
     return out
 
 
-def caption_text(table, items) -> dict:
-    """The text value (its pooled vectors: what the GAN nets read) of ``items``' first phrasings
-    in caption table ``table`` (``genmodels.data.text.CaptionTable``)."""
-    items = torch.as_tensor(items, device=table.choices.device)
+def first_captions(table, n: int) -> dict:
+    """The text value (its pooled vectors: what the GAN nets read) of training items 0..n-1
+    (cycling), each its first phrasing, from caption table ``table``: what sample i of a
+    preview or a proxy evaluation draws, as in the diffusion family."""
+    items = torch.arange(n, device=table.choices.device) % len(table.choices)
     return {"pooled": table.values["pooled"][table.choices[items, 0]]}
 
 
@@ -318,12 +319,9 @@ class GANFamily(Family):
         from ..metrics.protocol import proxy_evaluator
 
         z_dim, table = ctx.cfg.gan.z_dim, ctx.dataset.text
-        # a text run draws with the captions of a fixed shuffle of the training items
-        order = None if table is None else torch.randperm(len(table.choices),
-                                                          generator=torch.Generator().manual_seed(0))
 
         def sample(seeds, labels=None):
-            text = None if table is None else caption_text(table, order[torch.arange(len(seeds)) % len(order)])
+            text = None if table is None else first_captions(table, len(seeds))
             return draw(ema.module, seeds, z_dim=z_dim, labels=labels, text=text, device=ctx.device).float().cpu()
         return proxy_evaluator(ctx.cfg, ctx.dataset, sample, n=ctx.cfg.train.eval_n)
 
@@ -333,8 +331,7 @@ class GANFamily(Family):
         inputs = recalibration_inputs(draw_from, cfg, ctx.device)
         recalibrate = lambda: recalibrate_batchnorm(draw_from, inputs)  # noqa: E731
         num_classes = cfg.model.options.get("num_classes")
-        # a text run draws each of the first 8 training items' first phrasing twice
-        text = None if dataset.text is None else caption_text(dataset.text, [i // 2 for i in range(16)])
+        text = None if dataset.text is None else first_captions(dataset.text, 16)
 
         def preview(png_path):
             recalibrate()
