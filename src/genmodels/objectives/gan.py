@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..cond import select
+from ..cond import as_cond, null_value, select, where
 from ..errors import ConfigError
 
 __all__ = ["LOSSES", "d_loss", "g_loss", "gradient_penalty", "r1_penalty", "diff_augment",
@@ -167,6 +167,9 @@ class GANObjective:
     ``l1_weight`` |G(cond) - x|_1 (Isola et al. 2017, Eq. 4).
     ``gp_weight``: WGAN-GP's lambda; ``r1_gamma``: R1's gamma (the penalty is gamma / 2 R1);
     ``style_mixing``: probability of a two-z mixed batch (generators with ``num_ws``).
+    ``cond_dropout``: per key, the probability that a sample's value is replaced by the nets' null
+    (their learned null text: a text GAN then also draws for an empty prompt); the same samples
+    are dropped for G and D, each to its own null.
     In the D phase fakes are made under no_grad: G gets no gradient there. In the G phase D's
     parameters are frozen while the graph is recorded: D gets no gradient there.
     """
@@ -181,6 +184,7 @@ class GANObjective:
     diffaugment: tuple = ()
     style_mixing: float = 0.0
     l1_weight: float = 0.0
+    cond_dropout: dict = field(default_factory=dict)
 
     def __post_init__(self):
         _check_loss(self.loss)
@@ -192,8 +196,26 @@ class GANObjective:
             if getattr(self, name) < 0:
                 raise ConfigError(f"gan.{name} must be >= 0, got {getattr(self, name)}")
 
-    def fake(self, G, batch, generator):
-        x, cond = batch["x"], select(batch.get("cond"), self.g_keys)
+    def conditions(self, G, D, batch, generator) -> tuple[dict, dict]:
+        """(what G reads of the batch's ``cond``, what D reads), after ``cond_dropout``."""
+        cond = as_cond(batch.get("cond"))
+        parts = {G: select(cond, self.g_keys), D: select(cond, self.d_keys)}
+        for key, rate in self.cond_dropout.items():
+            if not rate or key not in cond:
+                continue
+            value = cond[key]
+            first = next(iter(value.values())) if isinstance(value, dict) else value
+            keep = torch.rand((len(first),), generator=generator, device=first.device) >= rate
+            for net, part in parts.items():
+                if key in part:  # DDP wraps the net: the null is the module's
+                    null = null_value(getattr(net, "module", net), key, value)
+                    part[key] = where(keep, {key: value}, {key: null})[key]
+        return parts[G], parts[D]
+
+    def fake(self, G, batch, generator, cond=None):
+        """G's images for this batch (``cond``: what G reads, by default the batch's keys it reads)."""
+        x = batch["x"]
+        cond = select(batch.get("cond"), self.g_keys) if cond is None else cond
         if not self.takes_z:
             return G(cond)
         z = torch.randn(x.shape[0], self.z_dim, generator=generator, device=x.device)
@@ -204,18 +226,19 @@ class GANObjective:
                 return G(z, cond, z2=z2, crossover=crossover)
         return G(z, cond)
 
-    def critic(self, D, batch, generator):
-        """x -> D's logits for this batch's condition, with the augmentation in front."""
-        cond = select(batch.get("cond"), self.d_keys)
+    def critic(self, D, batch, generator, cond=None):
+        """x -> D's logits for this batch's condition (or ``cond``), with the augmentation in front."""
+        cond = select(batch.get("cond"), self.d_keys) if cond is None else cond
         if self.diffaugment:
             return lambda x: D(diff_augment(x, self.diffaugment, generator=generator), cond)
         return lambda x: D(x, cond)
 
     def d_loss(self, G, D, batch, *, generator):
         real = batch["x"]
+        g_cond, d_cond = self.conditions(G, D, batch, generator)
         with torch.no_grad():
-            fake = self.fake(G, batch, generator)
-        critic = self.critic(D, batch, generator)
+            fake = self.fake(G, batch, generator, g_cond)
+        critic = self.critic(D, batch, generator, d_cond)
         r, f = critic(real), critic(fake)
         loss = d_loss(self.loss, r, f)
         logs = {"d_loss": loss.detach().mean(), "d_real": _per_sample(r.detach()).mean(),
@@ -231,10 +254,11 @@ class GANObjective:
         return loss, logs
 
     def g_loss(self, G, D, batch, *, generator):
-        fake = self.fake(G, batch, generator)
         D.requires_grad_(False)  # autograd records no edge to D's weights: no wasted D gradient
         try:
-            f = self.critic(D, batch, generator)(fake)
+            g_cond, d_cond = self.conditions(G, D, batch, generator)  # D's null text is D's weight too
+            fake = self.fake(G, batch, generator, g_cond)
+            f = self.critic(D, batch, generator, d_cond)(fake)
         finally:
             D.requires_grad_(True)
         loss = g_loss(self.loss, f)
