@@ -210,3 +210,19 @@ def test_atomic_writes_keep_the_users_umask(tmp_path):
     save_json({"a": 1}, tmp_path / "c.json")
     (tmp_path / "plain.json").write_text("{}")
     assert os.stat(tmp_path / "c.json").st_mode & 0o777 == os.stat(tmp_path / "plain.json").st_mode & 0o777
+
+
+def test_resume_accepts_a_run_saved_before_a_section_gained_a_field():
+    """A run saved before a frozen section grew a field (with a default) trained with that
+    default: resuming it is allowed; a changed value still is not."""
+    from genmodels.config import load_config, to_dict
+    from genmodels.errors import ConfigError
+    from genmodels.train.run import check_resumable
+
+    cfg = load_config("mnist-dcgan")
+    saved = to_dict(cfg)
+    del saved["gan"]["cond_dropout"]  # the field this run predates
+    check_resumable(saved, cfg, ("gan",))
+    saved["gan"]["z_dim"] = 123
+    with pytest.raises(ConfigError, match="different 'gan' section"):
+        check_resumable(saved, cfg, ("gan",))

@@ -223,14 +223,6 @@ def recalibration_inputs(G, cfg, device, *, batches=8, batch_size=256):
     return out
 
 
-def first_captions(table, n: int) -> dict:
-    """The text value (its pooled vectors: what the GAN nets read) of training items 0..n-1
-    (cycling), each its first phrasing, from caption table ``table``: what sample i of a
-    preview or a proxy evaluation draws, as in the diffusion family."""
-    items = torch.arange(n, device=table.choices.device) % len(table.choices)
-    return {"pooled": table.values["pooled"][table.choices[items, 0]]}
-
-
 def remember_captions(G, table) -> None:
     """Fill G's ``recalibration_text`` with the captions of items drawn uniformly (one phrasing
     each, as training draws them) from RECALIBRATION_SEED: its batch norms are re-estimated on
@@ -321,7 +313,7 @@ class GANFamily(Family):
         z_dim, table = ctx.cfg.gan.z_dim, ctx.dataset.text
 
         def sample(seeds, labels=None):
-            text = None if table is None else first_captions(table, len(seeds))
+            text = None if table is None else table.first_captions(len(seeds))
             return draw(ema.module, seeds, z_dim=z_dim, labels=labels, text=text, device=ctx.device).float().cpu()
         return proxy_evaluator(ctx.cfg, ctx.dataset, sample, n=ctx.cfg.train.eval_n)
 
@@ -331,7 +323,7 @@ class GANFamily(Family):
         inputs = recalibration_inputs(draw_from, cfg, ctx.device)
         recalibrate = lambda: recalibrate_batchnorm(draw_from, inputs)  # noqa: E731
         num_classes = cfg.model.options.get("num_classes")
-        text = None if dataset.text is None else first_captions(dataset.text, 16)
+        text = None if dataset.text is None else dataset.text.first_captions(16)
 
         def preview(png_path):
             recalibrate()

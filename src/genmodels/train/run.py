@@ -44,9 +44,13 @@ def check_run_dir(run_dir: Path, *, resume: bool) -> None:
 
 
 def check_resumable(saved: dict, cfg: Config, sections=FROZEN_SECTIONS) -> None:
-    new = to_dict(cfg)
+    new, defaults = to_dict(cfg), to_dict(Config())
     for section in sections:
-        if saved.get(section) != new.get(section):
+        old = saved.get(section)
+        if isinstance(old, dict) and isinstance(defaults.get(section), dict):
+            # a field added to the section since the run started: it trained with the default
+            old = {**{k: v for k, v in defaults[section].items() if k not in old}, **old}
+        if old != new.get(section):
             raise ConfigError(f"cannot resume with a different '{section}' section than the run "
                               f"was started with (saved: {saved.get(section)}, now: {new.get(section)})")
 
