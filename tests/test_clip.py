@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from genmodels.errors import ConfigError, DataError
 from genmodels.metrics import clip
 from genmodels.metrics.clip import ClipRecipe, clip_score, multi_positive_infonce, r_precision
+from genmodels.metrics.registry import METRICS, EvalInputs, compute
 
 
 def _needs_minilm():
@@ -214,6 +215,23 @@ def test_training_is_deterministic(monkeypatch):
     nets = [clip.build_clip_net("digits", progress=False)[0] for _ in range(2)]
     a, b = (n.state_dict() for n in nets)
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6, rtol=0) for k in a)
+
+
+def test_registry_entries(digits_judge, monkeypatch):
+    monkeypatch.setitem(clip.CLIP_RECIPES, "digits", TINY)
+    for name in ("clip_score", "r_precision"):
+        assert METRICS[name].needs == ("samples", "prompts") and METRICS[name].kinds == ("image",)
+    x, prompts = _test_prompts()
+    inputs = EvalInputs("image", samples=x, prompts=tuple(prompts), dataset="digits", seed=0)
+    out = compute(["clip_score", "r_precision"], inputs)
+    ceiling = clip.clip_retrieval_ceiling("digits")
+    assert out["clip_judge"] == "clip_digits"
+    assert out["r_precision"] == out["r_precision_real"] == ceiling.r_precision
+    assert out["clip_score"] == pytest.approx(ceiling.clip_score)
+    with pytest.raises(DataError, match="needs a text-to-image run"):
+        compute(["clip_score"], EvalInputs("image", samples=x))
+    with pytest.raises(DataError, match="one prompt per sample"):
+        compute(["r_precision"], EvalInputs("image", samples=x, prompts=("1",), dataset="digits"))
 
 
 # ---- data and errors ------------------------------------------------------------------------

@@ -31,7 +31,9 @@ class EvalInputs:
     metrics that need them, features of the reference set and the samples in the protocol's
     feature network (and its class logits); points: ``samples`` [N, D], ``reference`` and the toy
     ``dist``. ``labels``: the classes asked for (conditional runs). ``nll``: a callable giving
-    the model's likelihood scores of the held-out items (metrics of kind "model")."""
+    the model's likelihood scores of the held-out items (metrics of kind "model"). Text-to-image
+    runs: ``prompts``, the prompt each sample was drawn with, and ``dataset``, the run's dataset
+    (which ``clip_<dataset>`` judge reads them)."""
 
     kind: str
     samples: torch.Tensor | None = None
@@ -45,6 +47,8 @@ class EvalInputs:
     seed: int = 0
     nll: Callable[[], dict] | None = None
     reconstruction: Callable[[], dict] | None = None  # the model's reconstruction scores of held-out images
+    prompts: tuple[str, ...] | None = None  # text-to-image: one per sample
+    dataset: str | None = None  # the run's dataset name: the key of its clip judge
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,8 @@ class Metric:
     """``kinds``: the data it applies to ("image", "points"); ``needs``: "samples" (drawn from the
     model), "features" (image features), "logits" (a classifier feature network), "labels" (a
     class-conditional model), "model" (it scores the model itself: a likelihood), "reconstruction"
-    (an autoencoder's reconstructions of held-out images)."""
+    (an autoencoder's reconstructions of held-out images), "prompts" (a text-to-image model: the
+    prompt of each sample, in ``EvalInputs.prompts``, and the run's ``dataset``)."""
 
     name: str
     kinds: tuple
@@ -143,6 +148,28 @@ for _name, _help in (("psnr", "PSNR of the reconstructions of held-out images (d
                      ("latent_std", "std of the posterior means of held-out images (autoencoders)"),
                      ("code_usage", "share of the codebook the held-out images use (VQ autoencoders)")):
     METRICS[_name] = Metric(_name, ("image",), _reconstruction(_name), _help, ("reconstruction",))
+
+
+def _clip(key):
+    """``key`` (clip_score | r_precision) of the samples against their prompts, by the run dataset's
+    judge ``clip_<dataset>``, with its real-pair ceiling ``<key>_real`` and ``clip_judge``."""
+    def compute(inp, *, others=9):
+        from .clip import score_samples
+
+        if inp.prompts is None or inp.dataset is None:
+            raise DataError(f"{key} needs a text-to-image run: the prompt of each sample and the run's dataset")
+        scores = score_samples(inp.dataset, inp.samples, inp.prompts, seed=inp.seed, others=others)
+        return {key: scores[key], f"{key}_real": scores[f"{key}_real"], "clip_judge": scores["clip_judge"]}
+    return compute
+
+
+# text-to-image alignment, judged by the dataset's own contrastive model (metrics/clip.py)
+METRICS["clip_score"] = Metric("clip_score", ("image",), _clip("clip_score"),
+                               "CLIPScore of samples and their prompts in clip_<dataset> (100 max(cos, 0))",
+                               ("samples", "prompts"))
+METRICS["r_precision"] = Metric("r_precision", ("image",), _clip("r_precision"),
+                                "R-precision: a sample's prompt beats 9 random others in clip_<dataset> "
+                                "(chance 0.1)", ("samples", "prompts"), {"others": 9})
 ALIASES = {"fd": "fd_cnn", "fid": "fd_cnn", "rfd": "rfd_cnn"}
 
 
