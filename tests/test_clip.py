@@ -228,6 +228,8 @@ def test_registry_entries(digits_judge, monkeypatch):
     assert out["clip_judge"] == "clip_digits"
     assert out["r_precision"] == out["r_precision_real"] == ceiling.r_precision
     assert out["clip_score"] == pytest.approx(ceiling.clip_score)
+    one_text = compute(["clip_score"], EvalInputs("image", samples=x[:5], prompts=("3",) * 5, dataset="digits"))
+    assert set(one_text) == {"clip_score", "clip_score_real", "clip_judge"}  # no r_precision: no distractors
     with pytest.raises(DataError, match="needs a text-to-image run"):
         compute(["clip_score"], EvalInputs("image", samples=x))
     with pytest.raises(DataError, match="one prompt per sample"):

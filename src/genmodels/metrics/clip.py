@@ -440,15 +440,18 @@ def clip_retrieval_ceiling(dataset: str, *, phrasing: str = "train") -> ClipScor
     return ClipScores(c["clip_score"], c["r_precision"], c["n"])
 
 
-def score_samples(dataset: str, samples: Tensor, prompts, *, seed: int = 0, others: int = R_OTHERS,
-                  progress: bool = False) -> dict:
-    """The registry's view: {"clip_score", "r_precision", their real-pair ceilings "*_real" and
-    "clip_judge": "clip_<dataset>"} of ``samples`` drawn with ``prompts`` (one each)."""
+def score_samples(dataset: str, samples: Tensor, prompts, *, metrics=("clip_score", "r_precision"), seed: int = 0,
+                  others: int = R_OTHERS, progress: bool = False) -> dict:
+    """The registry's view: ``metrics`` (clip_score, r_precision) of ``samples`` drawn with
+    ``prompts`` (one each), each with its real-pair ceiling ``<metric>_real``, and ``clip_judge``
+    (the judge's name, clip_<dataset>)."""
     prompts = list(prompts)
     if len(prompts) != len(samples):
         raise DataError(f"{len(samples)} samples but {len(prompts)} prompts; the clip metrics need one prompt per sample")
     judge = clip_net(dataset, progress=progress)
-    s = judge.scores(samples, prompts, others=others, seed=seed)
-    real = judge.info["ceiling"]["train"]
-    return {"clip_score": s.clip_score, "r_precision": s.r_precision, "clip_score_real": real["clip_score"],
-            "r_precision_real": real["r_precision"], "clip_judge": judge.name}
+    u, v = judge.image_embeddings(samples, progress=progress), judge.text_embeddings(prompts)
+    real, out = judge.info["ceiling"]["train"], {}
+    for name in metrics:
+        out[name] = clip_score(u, v) if name == "clip_score" else r_precision(u, v, prompts, others=others, seed=seed)
+        out[f"{name}_real"] = real[name]
+    return {**out, "clip_judge": judge.name}

@@ -153,13 +153,12 @@ for _name, _help in (("psnr", "PSNR of the reconstructions of held-out images (d
 def _clip(key):
     """``key`` (clip_score | r_precision) of the samples against their prompts, by the run dataset's
     judge ``clip_<dataset>``, with its real-pair ceiling ``<key>_real`` and ``clip_judge``."""
-    def compute(inp, *, others=9):
+    def compute(inp, **options):  # r_precision: others (distractors per sample)
         from .clip import score_samples
 
         if inp.prompts is None or inp.dataset is None:
             raise DataError(f"{key} needs a text-to-image run: the prompt of each sample and the run's dataset")
-        scores = score_samples(inp.dataset, inp.samples, inp.prompts, seed=inp.seed, others=others)
-        return {key: scores[key], f"{key}_real": scores[f"{key}_real"], "clip_judge": scores["clip_judge"]}
+        return score_samples(inp.dataset, inp.samples, inp.prompts, metrics=(key,), seed=inp.seed, **options)
     return compute
 
 
