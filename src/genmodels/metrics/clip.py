@@ -30,7 +30,10 @@ Metrics, over N (sample, prompt) pairs with judge embeddings u_i (images) and v_
     r_precision = 1/N sum_i [cos(u_i, v_i) > max_k cos(u_i, v_jk)]
                   j_1..j_R: R = 9 prompts drawn at random among those whose text differs from prompt i
 
-(chance: 1 / (R + 1) = 10 %; R-precision as in AttnGAN, Xu et al. 2018). torchmetrics' CLIPScore
+(chance: 1 / (R + 1) = 10 %; R-precision as in AttnGAN, Xu et al. 2018). Only identical texts
+are excluded: a distractor that says the same in other words (terse "a 7" against "7") is a
+rival, and the real-pair ceiling shows what that costs (MNIST's terse phrasings: 0.75, one
+phrasing per digit: 0.99). torchmetrics' CLIPScore
 clamps the *mean* at 0 instead of each pair; the two agree unless some cosine is negative. The
 ceiling of both, real test images with one of their own captions each, is measured when the
 judge is built and kept with it (``clip_retrieval_ceiling``), so a report can say "samples 0.62,
@@ -155,7 +158,10 @@ class ClipRecipe:
 
 # No rotation or scaling for MNIST and Fashion: descriptive captions state slant, thickness and
 # size measured from each image, and an augmentation would change what they state.
-CLIP_RECIPES = {  # measured on 2 CPU cores: see the commit log / docs
+# Training seconds on 2 CPU cores shared with other jobs (placeholder captions): mnist 67-118,
+# fashion 88, digits 5-10, emoji 20-50 when the cores were quiet, 160-410 when oversubscribed
+# (20 epochs: r_precision 0.759 instead of 0.751; width 24 or batches of 256: no better).
+CLIP_RECIPES = {
     "mnist": ClipRecipe("descriptive", epochs=12, shift=1, min_r_precision=0.5),
     "fashion": ClipRecipe("descriptive", epochs=3, max_images=15000, shift=1, min_r_precision=0.5),
     "emoji": ClipRecipe("names", epochs=10, batch_size=128, shift=4, scale=0.1, fill=1.0, min_r_precision=0.3),
@@ -228,7 +234,8 @@ class ClipJudge:
             raise DataError(f"{self.name} judges images [N, {', '.join(map(str, self.image_shape))}] "
                             f"(its dataset's), got {tuple(x.shape)}")
         batches = range(0, len(x), self.batch_size)
-        out = [self.net.encode_image(x[i:i + self.batch_size].float())
+        device = self.net.logit_scale.device
+        out = [self.net.encode_image(x[i:i + self.batch_size].to(device, torch.float32)).cpu()
                for i in progress_bar(batches, desc=f"{self.name} images", disable=not progress, leave=False)]
         return torch.cat(out) if out else torch.empty(0, self.net.config["dim"])
 
