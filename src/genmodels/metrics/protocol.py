@@ -141,11 +141,15 @@ def evaluate(pipe, *, run_dir=None, metrics=None, n=5000, seeds=(0, 1, 2), sampl
         raise ConfigError("clip_score, r_precision, prompt_class_acc and attribute_rho score text-to-image runs "
                           "(text.captions); this run has no text")
     prompt_set = _prompts(cfg, prompts, n) if text else None
+    if needs(metrics, "prompts") and any(m in metrics for m in ("clip_score", "r_precision")):
+        protocol_judge = {"judge": f"clip_{cfg.data.name}"}  # the in-domain contrastive judge, not OpenAI's CLIP
+    else:
+        protocol_judge = {}
     timings = {}
     protocol = {"run": None if run_dir is None else str(run_dir), "images_seen": _images_seen(run_dir),
                 "weights": weights, "n": n, "seeds": list(seeds), **sampling, "metrics": list(metrics), "proxy": proxy,
                 **({"prompts": f"{prompts}: {cfg.text.captions} captions of {len(prompt_set.texts)} "
-                               f"held-out items"} if text else {})}
+                               f"held-out items"} if text else {}), **protocol_judge}
     nll_settings = pipe.nll_settings(nll_k=nll_k, nll_method=nll_method, nll_steps=nll_steps)
     if needs(metrics, "model"):
         protocol.update(nll_n=nll_n, **nll_settings)

@@ -31,7 +31,9 @@ class EvalInputs:
     metrics that need them, features of the reference set and the samples in the protocol's
     feature network (and its class logits); points: ``samples`` [N, D], ``reference`` and the toy
     ``dist``. ``labels``: the classes asked for (conditional runs). ``nll``: a callable giving
-    the model's likelihood scores of the held-out items (metrics of kind "model")."""
+    the model's likelihood scores of the held-out items (metrics of kind "model"). Text-to-image
+    runs: ``prompts``, the prompt each sample was drawn with, and ``dataset``, the run's dataset
+    (which ``clip_<dataset>`` judge reads them)."""
 
     kind: str
     samples: torch.Tensor | None = None
@@ -45,8 +47,8 @@ class EvalInputs:
     seed: int = 0
     nll: Callable[[], dict] | None = None
     reconstruction: Callable[[], dict] | None = None  # the model's reconstruction scores of held-out images
-    # text-to-image runs: the prompt of each sample, the class it names and the attribute codes it
-    # states (genmodels.data.captions.Prompts), and the dataset (the judges' key)
+    # text-to-image runs: the prompt of each sample (``prompts.texts``), the class it names and the
+    # attribute codes it states (genmodels.data.captions.Prompts), and the dataset (the judges' key)
     prompts: object = None
     dataset: str | None = None
 
@@ -57,7 +59,7 @@ class Metric:
     model), "features" (image features), "logits" (a classifier feature network), "labels" (a
     class-conditional model), "model" (it scores the model itself: a likelihood), "reconstruction"
     (an autoencoder's reconstructions of held-out images), "prompts" (a text-to-image model: the
-    prompt each sample was drawn with)."""
+    prompt of each sample, in ``EvalInputs.prompts``, and the run's ``dataset``)."""
 
     name: str
     kinds: tuple
@@ -186,6 +188,28 @@ METRICS["prompt_class_acc"] = Metric(
 METRICS["attribute_rho"] = Metric(
     "attribute_rho", ("image",), _attribute_rho, "text-to-image (MNIST): Spearman between the thickness/slant "
     "the prompt states and the one measured on the sample", ("samples", "prompts"))
+
+
+def _clip(key):
+    """``key`` (clip_score | r_precision) of the samples against their prompts, by the run dataset's
+    judge ``clip_<dataset>``, with its real-pair ceiling ``<key>_real`` and ``clip_judge``."""
+    def compute(inp, **options):  # r_precision: others (distractors per sample)
+        from .clip import score_samples
+
+        if inp.prompts is None or inp.dataset is None:
+            raise DataError(f"{key} needs a text-to-image run: the prompt of each sample and the run's dataset")
+        texts = getattr(inp.prompts, "texts", inp.prompts)  # a Prompts set, or the texts themselves
+        return score_samples(inp.dataset, inp.samples, texts, metrics=(key,), seed=inp.seed, **options)
+    return compute
+
+
+# text-to-image alignment, judged by the dataset's own contrastive model (metrics/clip.py)
+METRICS["clip_score"] = Metric("clip_score", ("image",), _clip("clip_score"),
+                               "CLIPScore of samples and their prompts in clip_<dataset> (100 max(cos, 0))",
+                               ("samples", "prompts"))
+METRICS["r_precision"] = Metric("r_precision", ("image",), _clip("r_precision"),
+                                "R-precision: a sample's prompt beats 9 random others in clip_<dataset> "
+                                "(chance 0.1)", ("samples", "prompts"), {"others": 9})
 
 ALIASES = {"fd": "fd_cnn", "fid": "fd_cnn", "rfd": "rfd_cnn"}
 
