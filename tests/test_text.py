@@ -206,3 +206,12 @@ def test_text_run_evaluates_with_prompt_metrics(t2i_run):
     result = evaluate(pipe, n=64, seeds=(0,), steps=4, guidance=2.0, log=False, progress=False)
     assert "prompt_class_acc" in result.mean and "guidance" in result.protocol
     assert result.protocol["prompts"].startswith("train: terse captions")
+
+
+def test_data_show_draws_captions_of_a_style(tmp_path, capsys):
+    code, out, err = run_cli(["data", "show", "digits", "--captions", "terse", "--n", "4", "--out",
+                              tmp_path / "d.png"], capsys)
+    assert code in (0, None), err
+    assert (tmp_path / "d.png").is_file()
+    code, out, err = run_cli(["data", "show", "digits", "--captions", "names", "--out", tmp_path / "e.png"], capsys)
+    assert_one_line_error(code, err, "cannot have names captions")

@@ -1,6 +1,7 @@
 """The ``genmodels`` command line. Every user error ends in one ``error: ...`` line and a
 non-zero exit code, never a traceback."""
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -233,7 +234,9 @@ def data():
 @click.option("--image-size", default=None, type=int)
 @click.option("--channels", default=None, type=int)
 @click.option("--skip-bad", is_flag=True, help="Image folders: skip unreadable files with a warning.")
-def show(name, out, n, split, image_size, channels, skip_bad):
+@click.option("--captions", "style", default=None,
+              help="Draw each item's first caption of this style under it: descriptive | terse | names.")
+def show(name, out, n, split, image_size, channels, skip_bad, style):
     from .data import load_dataset
     from .images import save_captioned_grid, save_grid, scatter_plot
 
@@ -241,6 +244,12 @@ def show(name, out, n, split, image_size, channels, skip_bad):
     out = out or Path(f"{name.replace(':', '_').replace('/', '_')}.png")
     if ds.kind == "points":
         scatter_plot(ds.x[: max(n, 2000)], out, title=name)
+    elif style is not None:  # the captions a text-to-image run trains on (genmodels.data.captions)
+        from .data.captions import caption_set
+
+        sub = dataclasses.replace(ds, x=ds.x[:n], y=None if ds.y is None else ds.y[:n], captions=ds.captions[:n])
+        texts = caption_set(sub, style, holdout=False).texts
+        save_captioned_grid(sub.x, [t[0] for t in texts], out, scale=4 if ds.shape[-1] <= 32 else 2)
     elif ds.captions:  # a name under each image: the caption's first part ("grinning face; grinning")
         save_captioned_grid(ds.x[:n], [c.split("; ")[0] for c in ds.captions[:n]], out, scale=2)
     else:
