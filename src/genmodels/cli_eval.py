@@ -79,6 +79,7 @@ def _seeds(text: str) -> list[int]:
 @click.option("--prompts", "prompts", type=click.Choice(["train", "heldout", "combinations"]), default="train",
               show_default=True, help="Text-to-image runs: the held-out items' captions in training phrasings, "
                                       "in held-out phrasings, or the attribute combinations held out of training.")
+@click.option("--prompt-style", default=None, help="Caption style of the prompts (default: the run's own).")
 @click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True)
 @click.option("--nll-n", default=64, show_default=True, help="Held-out images for nll.")
 @click.option("--nll-steps", default=None, type=int,
@@ -92,7 +93,8 @@ def _seeds(text: str) -> list[int]:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object, metrics at the top level.")
 @click.option("--no-log", is_flag=True, help="Do not append to the run's metrics.jsonl.")
-def run(run_dir, metrics, n, seeds, real, fake, features, convert, sampler, steps, eta, guidance, prompts, weights,
+def run(run_dir, metrics, n, seeds, real, fake, features, convert, sampler, steps, eta, guidance, prompts,
+        prompt_style, weights,
         nll_n, nll_steps, nll_method, nll_k, batch_size, device, as_json, no_log):
     if (real is None) != (fake is None):
         raise ConfigError("give both --real and --fake, or a RUN_DIR")
@@ -109,7 +111,8 @@ def run(run_dir, metrics, n, seeds, real, fake, features, convert, sampler, step
     from .metrics.protocol import format_table
 
     result = evaluate_run(run_dir, metrics=metrics, n=n, seeds=_seeds(seeds), sampler=sampler,
-                          steps=steps, eta=eta, guidance=guidance, prompts=prompts, features=features,
+                          steps=steps, eta=eta, guidance=guidance, prompts=prompts, prompt_style=prompt_style,
+                          features=features,
                           weights=weights, nll_n=nll_n,
                           nll_steps=nll_steps, nll_method=nll_method, nll_k=nll_k, batch_size=batch_size,
                           device=device, log=not no_log)

@@ -110,7 +110,7 @@ def summarize(per_seed: list[dict]) -> tuple[dict, dict]:
 
 
 def evaluate(pipe, *, run_dir=None, metrics=None, n=5000, seeds=(0, 1, 2), sampler=None, steps=None,
-             eta=None, guidance=None, prompts="train", features=None, weights="ema", nll_n=64, nll_steps=None,
+             eta=None, guidance=None, prompts="train", prompt_style=None, features=None, weights="ema", nll_n=64, nll_steps=None,
              nll_method=None, nll_k=None, batch_size=64, progress=True, log=True, proxy=False) -> EvalResult:
     """Sample a loaded model (any family's pipeline) per the protocol and score it by the
     ``metrics`` of the registry; appends a row to ``run_dir``'s metrics.jsonl (unless ``log`` is
@@ -122,7 +122,9 @@ def evaluate(pipe, *, run_dir=None, metrics=None, n=5000, seeds=(0, 1, 2), sampl
     ``train`` = a training phrasing, ``heldout`` = a phrasing never trained on, ``combinations``
     = the attribute combinations held out of training; ``genmodels.data.captions``), and are
     also scored by how well the samples follow them (clip_score, r_precision, prompt_class_acc,
-    attribute_rho). ``guidance``: the classifier-free guidance scale (default: the sampler's, 1)."""
+    attribute_rho). ``prompt_style``: the caption style of the prompts (default: the run's own, e.g.
+    descriptive prompts for a run trained on terse captions). ``guidance``: the classifier-free
+    guidance scale (default: the sampler's, 1)."""
     cfg = pipe.config
     images = len(pipe.data_shape) == 3
     kind = "image" if images else "points"
@@ -140,7 +142,8 @@ def evaluate(pipe, *, run_dir=None, metrics=None, n=5000, seeds=(0, 1, 2), sampl
     if needs(metrics, "prompts") and not text:
         raise ConfigError("clip_score, r_precision, prompt_class_acc and attribute_rho score text-to-image runs "
                           "(text.captions); this run has no text")
-    prompt_set = _prompts(cfg, prompts, n) if text else None
+    style = prompt_style or (cfg.text.captions if text else None)
+    prompt_set = _prompts(cfg, prompts, n, style) if text else None
     if needs(metrics, "prompts") and any(m in metrics for m in ("clip_score", "r_precision")):
         protocol_judge = {"judge": f"clip_{cfg.data.name}"}  # the in-domain contrastive judge, not OpenAI's CLIP
     else:
@@ -148,7 +151,7 @@ def evaluate(pipe, *, run_dir=None, metrics=None, n=5000, seeds=(0, 1, 2), sampl
     timings = {}
     protocol = {"run": None if run_dir is None else str(run_dir), "images_seen": _images_seen(run_dir),
                 "weights": weights, "n": n, "seeds": list(seeds), **sampling, "metrics": list(metrics), "proxy": proxy,
-                **({"prompts": f"{prompts}: {cfg.text.captions} captions of {len(prompt_set.texts)} "
+                **({"prompts": f"{prompts}: {style} captions of {len(prompt_set.texts)} "
                                f"held-out items"} if text else {}), **protocol_judge}
     nll_settings = pipe.nll_settings(nll_k=nll_k, nll_method=nll_method, nll_steps=nll_steps)
     if needs(metrics, "model"):
@@ -215,7 +218,7 @@ def _image_reference(dataset, features, progress):
 PROMPT_SETS = ("train", "heldout", "combinations")
 
 
-def _prompts(cfg, which: str, n: int):
+def _prompts(cfg, which: str, n: int, style: str):
     """The prompts of ``n`` samples (``genmodels.data.captions.Prompts``): the held-out split's
     captions cycled (``train`` / ``heldout`` phrasings), or the held-out attribute combinations."""
     from ..data.captions import cycle, heldout_prompts, prompt_set
@@ -225,7 +228,7 @@ def _prompts(cfg, which: str, n: int):
     if which == "combinations":
         return cycle(heldout_prompts(cfg.data.name, phrasing="train"), n)  # only the combination is new
     test = load_dataset(cfg.data.name, split="test", image_size=cfg.data.image_size, channels=cfg.data.channels)
-    return cycle(prompt_set(test, cfg.text.captions, phrasing=which, seed=0), n)
+    return cycle(prompt_set(test, style, phrasing=which, seed=0), n)
 
 
 def _nll(pipe, *, nll_n, seed, progress, settings) -> dict:
