@@ -58,7 +58,7 @@ def _null_text(net, text: dict) -> dict:
     null = getattr(net, "null_text", None)
     if null is None:
         raise ConfigError("classifier-free guidance on 'text' needs a text-conditional network "
-                          "(model.cross_attn_resolutions and model.context_dim)")
+                          "(a run trained with text.captions)")
     return null(text)
 
 
