@@ -194,7 +194,10 @@ def test_ceiling_and_cache(digits_judge, monkeypatch):
     assert path.name == "clip_digits-terse.safetensors" and path.is_file()
     x, prompts = _test_prompts()
     ceiling = clip.clip_retrieval_ceiling("digits")
-    assert ceiling == digits_judge.scores(x, prompts, seed=0)
+    again = digits_judge.scores(x, prompts, seed=0)
+    # equal up to float summation order (the ceiling was computed at build time, in other batches)
+    assert ceiling.r_precision == again.r_precision and ceiling.n == again.n
+    assert ceiling.clip_score == pytest.approx(again.clip_score, rel=1e-6)
     assert ceiling.r_precision > 0.6
 
     def no_training(*a, **k):
