@@ -274,8 +274,8 @@ class Pipeline(PipelineBase):
                labels=None, cond=None, prompt=None, negative_prompt=None, guidance=1.0, guidance_keys=None,
                guidance_interval=None,
                dynamic_threshold=None, classifier=None, classifier_scale=1.0, x_start=None, init_images=None,
-               start_sigma=None, strength=None, callback=None, batch_size=64, progress=True, dist=Dist(),
-               **options) -> torch.Tensor:
+               start_sigma=None, strength=None, callback=None, walk=None, batch_size=64, progress=True,
+               dist=Dist(), **options) -> torch.Tensor:
         """``n`` samples; sample i uses seed ``seed + i``. Images are clamped to [-1, 1].
 
         ``labels``: one class index for all, or one per sample (class-conditional runs); ``cond``:
@@ -289,7 +289,8 @@ class Pipeline(PipelineBase):
         clipping x0. ``classifier``: a ``load_classifier`` result (or its run directory) for
         classifier guidance with ``classifier_scale``; works on unconditional models too.
         ``x_start`` / ``init_images`` with ``start_sigma`` or ``strength``: start mid-way
-        (``samplers.generate``); ``callback``: the per-step callback (``samplers.base``). Latent
+        (``samplers.generate``); ``callback``: the per-step callback (``samplers.base``); ``walk``:
+        a custom descent of the grid (``samplers.generate``: RePaint, DDRM). Latent
         runs: ``init_images`` are images (encoded here), ``x_start`` and what the callback sees
         are latents; the result is decoded.
         ``dist``: split the batches over the ranks of a torchrun launch (see ``generate``).
@@ -336,7 +337,7 @@ class Pipeline(PipelineBase):
                      sampler=sampler, steps=steps, eta=eta, spacing=spacing, sigma_max=sigma_max, cond=cond,
                      batch_size=batch_size, device=self.device, progress=progress, options=options,
                      x_start=x_start, init_images=init_images, start_sigma=start_sigma, strength=strength,
-                     callback=callback, dist=dist)
+                     callback=callback, walk=walk, dist=dist)
         if self.latent is not None:
             x = self.latent.decode(x)
         return x.clamp(-1, 1) if len(self.data_shape) == 3 else x

@@ -47,7 +47,7 @@ def start_index(sigmas: torch.Tensor, *, strength: float | None = None, start_si
 @torch.inference_mode()
 def generate(denoiser, path, *, shape, seeds, sampler="ddim", steps=50, eta=None, spacing=None,
              sigma_max=None, cond=None, batch_size=64, device="cpu", progress=False, options=None,
-             x_start=None, init_images=None, start_sigma=None, strength=None, callback=None,
+             x_start=None, init_images=None, start_sigma=None, strength=None, callback=None, walk=None,
              dist: Dist = Dist()) -> torch.Tensor:
     """Draw one sample per seed; sample i depends only on seeds[i] (and its conditioning).
 
@@ -65,6 +65,14 @@ def generate(denoiser, path, *, shape, seeds, sampler="ddim", steps=50, eta=None
     that start reproduces plain sampling exactly. ``callback(i, sigma, x, denoised) -> x | None``
     is the step callback (``samplers.base``); called per batch, with ``samples=`` the batch's
     slice of the seeds when it takes that keyword.
+
+    ``walk(x, sigmas, *, descend, denoiser, noise, cond, callback, samples) -> x`` replaces the
+    one pass of the sampler down the grid, for algorithms that walk it their own way (RePaint's
+    resampling jumps, DDRM's spectral steps). It gets the batch's start and grid;
+    ``descend(x, sigmas, callback=None) -> x`` runs the chosen sampler down any descending part
+    of a grid with the batch's noise stream and conditioning; ``denoiser``, ``noise`` (the seeds'
+    stream after the first draw) and ``cond`` for steps of its own; the step callback; and
+    ``samples``, the batch's slice of the seeds (to index per-sample data).
 
     Under torchrun (``dist``) rank r draws batches r, r + world_size, ... of the seeds, the same
     batches one process would draw, and every rank returns all samples: the result equals one
@@ -100,9 +108,17 @@ def generate(denoiser, path, *, shape, seeds, sampler="ddim", steps=50, eta=None
         step_callback = callback
         if wants_samples:
             step_callback = lambda i, sigma, x, denoised: callback(i, sigma, x, denoised, samples=batch)  # noqa: E731
-        x = run_sampler(sampler, denoiser, x, sigmas, noise=noise, eta=eta,
-                        cond=map_values(lambda v: v[batch].to(device), cond) if cond else None,
-                        callback=step_callback, progress=progress and dist.is_main, **(options or {}))
+        batch_cond = map_values(lambda v: v[batch].to(device), cond) if cond else None
+
+        def descend(x, grid, callback=None):
+            return run_sampler(sampler, denoiser, x, grid, noise=noise, eta=eta, cond=batch_cond, callback=callback,
+                               progress=progress and dist.is_main and walk is None, **(options or {}))
+
+        if walk is None:
+            x = descend(x, sigmas, step_callback)
+        else:
+            x = walk(x, sigmas, descend=descend, denoiser=denoiser, noise=noise, cond=batch_cond,
+                     callback=step_callback, samples=batch)
         return x.float().cpu()
 
     return dist.map_batches(len(seeds), batch_size, draw)
