@@ -13,6 +13,7 @@ interrupted run never leaves a half-written image that a later FID run would rea
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import uuid
@@ -26,7 +27,7 @@ from torch import Tensor
 from .errors import DataError
 
 __all__ = ["to_uint8", "make_grid", "save_grid", "save_captioned_grid", "save_images", "save_npz", "scatter_plot",
-           "load_image_set"]
+           "load_image_set", "save_with_parameters", "read_parameters"]
 
 
 def to_uint8(x: Tensor) -> np.ndarray:
@@ -190,11 +191,38 @@ def _limits(points: np.ndarray, axis: int = 0) -> tuple[float, float]:
     return low - margin, high + margin
 
 
-def _write_png(pixels: np.ndarray, path: Path) -> None:
-    """uint8 [H, W, 1] -> grayscale PNG, [H, W, 3] -> RGB PNG."""
+PARAMETERS_KEY = "genmodels"  # the PNG text chunk holding an output's parameters (JSON)
+
+
+def _write_png(pixels: np.ndarray, path: Path, parameters: dict | None = None) -> None:
+    """uint8 [H, W, 1] -> grayscale PNG, [H, W, 3] -> RGB PNG; ``parameters`` (JSON-able) go in
+    its ``genmodels`` text chunk."""
+    from PIL.PngImagePlugin import PngInfo
+
     image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+    info = None
+    if parameters is not None:
+        info = PngInfo()
+        info.add_text(PARAMETERS_KEY, json.dumps(parameters, sort_keys=True, default=str))
     with _atomic_file(path) as f:
-        image.save(f, format="PNG")
+        image.save(f, format="PNG", pnginfo=info)
+
+
+def save_with_parameters(x: Tensor, path: str | Path, parameters: dict, *, nrow: int | None = None,
+                         scale: int = 1) -> None:
+    """``save_grid`` that records what made the images (run, method, mask, strength, sampler,
+    seed, ...) in the PNG's ``genmodels`` text chunk; ``read_parameters`` reads it back."""
+    grid = make_grid(x, nrow=nrow)
+    if scale > 1:
+        grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+    _write_png(grid, Path(path), parameters)
+
+
+def read_parameters(path: str | Path) -> dict:
+    """The parameters ``save_with_parameters`` stored in a PNG ({} when it has none)."""
+    with Image.open(path) as image:
+        text = image.text.get(PARAMETERS_KEY) if hasattr(image, "text") else None
+    return {} if text is None else json.loads(text)
 
 
 @contextlib.contextmanager
