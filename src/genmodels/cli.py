@@ -303,6 +303,11 @@ from .cli_eval import eval_cmd  # noqa: E402
 
 cli.add_command(eval_cmd)
 
+from .edit.cli import COMMANDS as EDIT_COMMANDS  # noqa: E402
+
+for _name, _command in EDIT_COMMANDS.items():
+    cli.add_command(_command, _name)
+
 
 def add_family_verbs() -> None:
     """Each registered family's own commands (``invert``, ``translate``, ``interpolate``, ...)."""

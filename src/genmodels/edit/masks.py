@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -83,7 +84,7 @@ def load_mask(path, size: tuple[int, int]) -> Tensor:
     try:
         with Image.open(path) as image:
             gray = image.convert("L").resize((size[1], size[0]), Image.NEAREST)
-            pixels = torch.tensor(list(gray.getdata()), dtype=torch.float32).reshape(1, 1, size[0], size[1])
+            pixels = torch.from_numpy(np.asarray(gray, dtype=np.float32).copy())[None, None]
     except (OSError, ValueError) as err:
         raise DataError(f"cannot read mask '{path}' as an image ({err})") from None
     return (pixels >= 128).float()
