@@ -303,6 +303,10 @@ from .cli_eval import eval_cmd  # noqa: E402
 
 cli.add_command(eval_cmd)
 
+from .edit.restore import restore_command  # noqa: E402
+
+cli.add_command(restore_command)
+
 
 def add_family_verbs() -> None:
     """Each registered family's own commands (``invert``, ``translate``, ``interpolate``, ...)."""
