@@ -256,3 +256,26 @@ def test_cli_restores_an_input_and_reports_psnr_on_test_images(tiny_run, tmp_pat
     assert_one_line_error(code, err, "14x14", "7x7")
     code, _, err = run_cli(["restore", tiny_run, "--input", low, "--task", "zoom", "--out", out], capsys)
     assert_one_line_error(code, err, "sr2, sr4")
+
+
+def test_a_flow_run_restores_and_a_latent_run_is_refused(tmp_path):
+    from types import SimpleNamespace
+
+    import genmodels
+    from genmodels.config import load_config
+    from genmodels.data import load_dataset
+    from genmodels.edit.restore import restore
+    from genmodels.train.run import train
+    from tests.conftest import TINY_UNET
+
+    run = tmp_path / "flow"
+    train(load_config("mnist-flow", TINY_UNET + ["train.images=16", "train.batch_size=16", "train.device=cpu"]), run)
+    pipe = genmodels.load(run, device="cpu")
+    x = load_dataset("mnist", split="test").x[:2]
+    for task in ("sr2", "deblur:1.5", "denoise:0.2"):
+        out = restore(pipe, degrade(x, task, torch.Generator().manual_seed(0)), task, steps=3)
+        assert out.shape == x.shape and torch.isfinite(out).all()
+    latent = SimpleNamespace(latent=object(), data_shape=(1, 28, 28))
+    with pytest.raises(ConfigError, match="pixel-space") as err:
+        restore(latent, degrade(x, "sr4"), "sr4")
+    assert "\n" not in str(err.value)

@@ -481,6 +481,7 @@ def _test_command(pipe, op, n, methods, run, record, out):
         raise ConfigError(f"--test must be >= 1, got {n}")
     data = pipe.config.data
     truth = load_dataset(data.name, split="test", image_size=data.image_size, channels=data.channels).x[:n]
+    n = len(truth)  # a test split smaller than --test
     y = degrade(truth, op, torch.Generator().manual_seed(record["seed"]))
     rows = {"truth": truth, "degraded": display(y, op).clamp(-1, 1)}
     rows.update(baselines(y, op, pipe.data_shape))
