@@ -100,6 +100,9 @@ def main():
     print(f"run {args.run}; {len(truth)} test images of {data.name} (DPS: the first {min(args.n_dps, len(truth))}); "
           f"reference for fd_cnn: the {len(test.x)} test images; DDRM {args.ddrm_steps} steps (eta 0.85, eta_b 1), "
           f"DPS {args.dps_steps} ddpm steps; seed {args.seed}; torch threads {torch.get_num_threads()}\n")
+    floor = fd(real_features, real_features[: args.n_dps]) if args.n_dps > 1 else float("nan")
+    print(f"fd_cnn floor: the first {args.n_dps} truths themselves score {floor:.2f} (the first {len(truth)}: "
+          f"{fd(real_features, real_features[: len(truth)]):.2f})\n")
     print(f"| task | method | n | PSNR (dB) | fd_cnn (n) | fd_cnn (first {args.n_dps}) | s / image |")
     print("|---|---|---|---|---|---|---|")
     grid = [truth[: args.grid_n]]
