@@ -29,8 +29,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, DataError, GenmodelsError
-from ..samplers.base import after_step
-from ..samplers.registry import run_sampler
 
 TASK_FORMS = ("sr2, sr4 (block averaging), deblur:S (Gaussian blur of std S pixels), "
               "denoise:S (added noise of std S, images in [-1, 1])")
@@ -248,6 +246,9 @@ def ddrm_walk(op: Operator, y: torch.Tensor, *, eta=DDRM_DEFAULTS["eta"], eta_b=
               floor=SINGULAR_FLOOR):
     """DDRM as a ``walk`` for ``generate``: one denoiser call per step, then ``ddrm_step`` in the
     spectral space of ``op``; row i of ``y`` is sample i's measurement."""
+    # imported here: the CLI imports this module, and the samplers package loads the datasets
+    from ..samplers.base import after_step
+
     if not 0 <= eta <= 1 or not 0 <= eta_b <= 1:
         raise ConfigError(f"DDRM needs eta and eta_b in [0, 1], got {eta}, {eta_b}")
     y_bar, c, measured = op.spectral_measurement(y, floor)
@@ -309,6 +310,8 @@ def default_zeta(op: Operator) -> float:
 def dps_walk(op: Operator, y: torch.Tensor, *, sampler=DPS_DEFAULTS["sampler"], zeta=None, eta=None, **options):
     """DPS as a ``walk``: ``sampler`` down the whole grid with ``DPSGuidance`` around the batch's
     denoiser, reading the batch's rows of ``y``; ``zeta`` defaults to ``default_zeta(op)``."""
+    from ..samplers.registry import run_sampler
+
     zeta = default_zeta(op) if zeta is None else zeta
     if zeta < 0:
         raise ConfigError(f"DPS needs zeta >= 0, got {zeta}")
