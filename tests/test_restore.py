@@ -125,9 +125,10 @@ def test_noiseless_ddrm_samples_the_exact_posterior_where_its_factorization_hold
 
 
 def test_ddrm_at_its_defaults_keeps_the_posterior_mean_and_the_measurement_exactly():
-    """The paper's eta = 0.85, 20 steps, on a correlated prior (not diagonal in V): the mean still
-    within 4 standard errors... of 0.05 posterior std (DDRM is not an exact sampler: its fresh
-    noise share eta leaves the variance at 0.6-0.8 of the posterior's, measured), and H x = y."""
+    """The paper's eta = 0.85, 20 steps, on a correlated prior (not diagonal in V): H x = y exactly,
+    the mean within 0.2 posterior std (measured 0.06-0.1) and the variance at 0.4-1.1 of the
+    posterior's (measured 0.65-0.83: DDRM is no exact sampler; its fresh-noise share eta and the
+    redrawn noise of the measured components, as in replacement inpainting, shrink it)."""
     g = torch.Generator().manual_seed(0)
     a = torch.randn(D, D, generator=g, dtype=torch.float64) * 0.5
     cov = a @ a.T + 0.05 * torch.eye(D, dtype=torch.float64)
@@ -218,7 +219,7 @@ def tiny_run(tmp_path_factory):
     return run
 
 
-def test_restore_with_a_pipeline_keeps_noiseless_measurements(tiny_run):
+def test_ddrm_on_a_trained_network_reproduces_a_noiseless_measurement(tiny_run):
     import genmodels
     from genmodels.data import load_dataset
     from genmodels.edit.restore import restore
@@ -227,9 +228,11 @@ def test_restore_with_a_pipeline_keeps_noiseless_measurements(tiny_run):
     x = load_dataset("mnist", split="test").x[:2]
     y = degrade(x, "sr4", None)
     out = restore(pipe, y, "sr4", steps=4)
-    assert out.shape == x.shape
-    inside = (out.abs() < 1).all(dim=(1, 2, 3))  # the pipeline clamps to [-1, 1]; unclamped images keep A x = y
-    assert torch.allclose(operator("sr4", (1, 28, 28)).apply(out)[inside], y[inside], atol=1e-4) or not inside.any()
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    # the pipeline clamps to [-1, 1]; unclamped, DDRM's samples reproduce a noiseless measurement
+    op = operator("sr4", (1, 28, 28))
+    raw = generate(pipe.denoiser, pipe.path, shape=(1, 28, 28), seeds=range(2), steps=4, walk=ddrm_walk(op, y))
+    assert torch.allclose(op.apply(raw), y, atol=1e-4), (op.apply(raw) - y).abs().max()
     dps = restore(pipe, y, "sr4", method="dps", steps=3)
     assert dps.shape == x.shape and torch.isfinite(dps).all()
     with pytest.raises(ConfigError, match="method"):
