@@ -283,7 +283,9 @@ class DPSGuidance(nn.Module):
     itself, so on a DDPM grid this is DPS with the step zeta_i = zeta (sigma_i^2 - sigma_{i+1}^2)
     / sigma_i^2: the same total pull whatever the number of steps, and the full zeta at the last
     step (sigma' = 0, where x' = D'). The gradient goes through the network (under autograd
-    even inside samplers' inference_mode), so a step costs one forward and one backward.
+    even inside samplers' inference_mode), so a step costs one forward and one backward. On other
+    paths (VE, flows) 1 + sigma^2 is kept as what it also is: about the inverse of D's Jacobian
+    for unit-variance data, so zeta is a shift of x0 of about zeta ||A^T r|| / ||r|| at every level.
 
     ``y`` [N, *op.out_shape]: the measurements of the N samples of one batch."""
 
