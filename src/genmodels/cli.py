@@ -304,8 +304,9 @@ from .cli_eval import eval_cmd  # noqa: E402
 cli.add_command(eval_cmd)
 
 from .edit.cli import COMMANDS as EDIT_COMMANDS  # noqa: E402
+from .edit.restore import restore_command  # noqa: E402
 
-for _name, _command in EDIT_COMMANDS.items():
+for _name, _command in {**EDIT_COMMANDS, "restore": restore_command}.items():
     cli.add_command(_command, _name)
 
 
