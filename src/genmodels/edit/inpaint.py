@@ -145,6 +145,9 @@ def inpaint(pipe, images, mask, *, method: str = "auto", seed: int = 0, sampler=
     if method == "auto":
         method = "model" if reads_masks(pipe) else "repaint"
     if method == "model":
+        if not reads_masks(pipe):
+            raise ConfigError(f"'{pipe.run_dir}' was not trained as an inpainting model (its network reads no "
+                              "mask: model.concat_cond: [mask, masked]); use --method repaint")
         from .inpaint_model import inpaint_with_model
 
         if jump_length or jump_n_sample != 1:

@@ -58,7 +58,8 @@ def generate(denoiser, path, *, shape, seeds, sampler="ddim", steps=50, eta=None
     - ``x_start`` [n, *shape]: the state (VE coordinates) to start from at ``start_sigma`` (or at
       the level ``strength`` picks);
     - ``init_images`` [n, *shape]: clean images noised to that level with each seed's noise,
-      x = x0 + sigma * noise (SDEdit, img2img).
+      x = x0 + sigma * noise (SDEdit, img2img); from the grid's top (strength 1) the start is
+      plain sampling's, the image dropped.
 
     Either way each seed's first noise draw is the one plain sampling starts from, so the rest of
     its noise stream (stochastic samplers) is the same, and ``x_start`` at the grid's top equal to
@@ -79,6 +80,7 @@ def generate(denoiser, path, *, shape, seeds, sampler="ddim", steps=50, eta=None
     process's. Returns float32 on the CPU, shape [len(seeds), *shape].
     """
     sigmas = sigma_grid(path, steps, spacing=spacing, sigma_max=sigma_max)
+    full_top = sigmas[0]
     seeds = list(seeds)
     mid_way = x_start is not None or init_images is not None
     if x_start is not None and init_images is not None:
@@ -93,6 +95,9 @@ def generate(denoiser, path, *, shape, seeds, sampler="ddim", steps=50, eta=None
                               f"{[len(seeds), *shape]}, got {list(given.shape)}")
     elif start_sigma is not None or strength is not None:
         raise ConfigError("start_sigma / strength need x_start or init_images to start from")
+    # From the grid's top (strength 1) the image is dropped: plain sampling's prior neglects the
+    # data's weight alpha there too (0.08 on a 20-step cosine grid), so strength 1 is plain sampling
+    from_top = init_images is not None and float(sigmas[0]) == float(full_top)
     cond = as_cond(cond)
     wants_samples = callback is not None and "samples" in inspect.signature(callback).parameters
 
@@ -101,7 +106,7 @@ def generate(denoiser, path, *, shape, seeds, sampler="ddim", steps=50, eta=None
         first = noise()
         if x_start is not None:
             x = x_start[batch].to(device=device, dtype=first.dtype)
-        elif init_images is not None:
+        elif init_images is not None and not from_top:
             x = init_images[batch].to(device=device, dtype=first.dtype) + float(sigmas[0]) * first
         else:
             x = first * path.prior_std(sigmas[0]).item()
