@@ -24,7 +24,7 @@ import numpy as np
 
 import genmodels
 from genmodels.data import load_dataset
-from genmodels.edit.anomaly import (anomaly_map_png, auroc, auroc_bootstrap_se, likelihood_scores,
+from genmodels.edit.anomaly import (anomaly_map_png, auroc, auroc_bootstrap_se, complexity_bpd, likelihood_scores,
                                     reconstruction_scores)
 
 
@@ -49,7 +49,7 @@ def score_run(pipe, x, args) -> tuple[dict, dict, dict]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", type=Path, nargs="+")
+    parser.add_argument("runs", type=Path, nargs="*", help="run directories to score (or give --scores-in)")
     parser.add_argument("--anomaly-class", type=int, default=7)
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--strengths", type=float, nargs="+", default=[0.2, 0.4, 0.6])
@@ -62,6 +62,10 @@ def main():
     parser.add_argument("--map", type=Path, default=None, help="PNG of the first run's maps")
     parser.add_argument("--map-strength", type=float, default=0.4)
     parser.add_argument("--scores-out", type=Path, default=None, help="JSON of every per-image score")
+    parser.add_argument("--scores-in", type=Path, nargs="+", default=[],
+                        help="tables from --scores-out files instead of scoring again (seconds then unknown)")
+    parser.add_argument("--no-corrections", action="store_true",
+                        help="leave out the rows 'bpd - png' (Serra et al. 2020) and 'recon / ink'")
     args = parser.parse_args()
 
     test = load_dataset("mnist", split="test")
@@ -70,6 +74,9 @@ def main():
     print(f"n = {len(x)} test images, {int(flags.sum())} of class {args.anomaly_class} (anomalous); "
           f"bootstrap SE over {args.resamples} stratified resamples")
     rows, per_class, raw = [], [], {"labels": y.tolist()}
+    corrections = None if args.no_corrections else {"png": complexity_bpd(x), "ink": ((x + 1) / 2).flatten(1).mean(1).numpy()}
+    scored = [(Path(run), {k: np.asarray(v) for k, v in table.items()}, {})
+              for path in args.scores_in for run, table in json.loads(path.read_text()).items() if run != "labels"]
     for i, run in enumerate(args.runs):
         pipe = genmodels.load(run, device="cpu")
         held_out = pipe.config.data.exclude_classes
@@ -77,15 +84,17 @@ def main():
             print(f"warning: {run} trained on class {args.anomaly_class} (data.exclude_classes={held_out})")
         scores, seconds, recs = score_run(pipe, x, args)
         raw[str(run)] = {k: v.tolist() for k, v in scores.items()}
-        for name, s in scores.items():
-            rows.append((run.name, name, auroc(s[~flags], s[flags]),
-                         auroc_bootstrap_se(s[~flags], s[flags], resamples=args.resamples), seconds[name]))
-            per_class.append((run.name, name, [auroc(s[y != c], s[y == c]) for c in range(10)]))
+        scored.append((run, scores, seconds))
         if i == 0 and args.map is not None:
             save_map(args, run, x, flags, recs)
+    for run, scores, seconds in scored:
+        for name, s in with_corrections(scores, corrections).items():
+            se = auroc_bootstrap_se(s[~flags], s[flags], resamples=args.resamples)
+            rows.append((run.name, name, auroc(s[~flags], s[flags]), se, seconds.get(name)))
+            per_class.append((run.name, name, [auroc(s[y != c], s[y == c]) for c in range(10)]))
     print("\n| run | score | AUROC | bootstrap SE | seconds |\n|---|---|---|---|---|")
     for run, name, value, se, sec in rows:
-        print(f"| {run} | {name} | {value:.3f} | {se:.3f} | {sec:.0f} |")
+        print(f"| {run} | {name} | {value:.3f} | {se:.3f} | {'-' if sec is None else f'{sec:.0f}'} |")
     print("\nOne-vs-rest AUROC of each digit (0.5 = looks like the rest; the anomaly class in bold):\n")
     print("| run | score | " + " | ".join(str(c) for c in range(10)) + " |\n|---|---|" + "---|" * 10)
     for run, name, values in per_class:
@@ -93,6 +102,21 @@ def main():
         print(f"| {run} | {name} | " + " | ".join(cells) + " |")
     if args.scores_out is not None:
         args.scores_out.write_text(json.dumps(raw))
+
+
+def with_corrections(scores: dict, corrections) -> dict:
+    """The scores and, unless ``corrections`` is None, each likelihood minus the image's PNG
+    complexity (Serra et al. 2020) and each reconstruction score over the image's ink (the mean
+    of (x + 1) / 2), both post hoc: they remove how much there is to draw from the score."""
+    if corrections is None:
+        return scores
+    out = dict(scores)
+    for name, s in scores.items():
+        if name.endswith("_bpd"):
+            out[f"{name} - png"] = s - corrections["png"]
+        elif name.startswith("recon"):
+            out[f"{name} / ink"] = s / corrections["ink"]
+    return out
 
 
 def save_map(args, run, x, flags, recs):

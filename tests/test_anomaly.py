@@ -10,7 +10,7 @@ from PIL import Image
 
 from genmodels.config import load_config
 from genmodels.data import exclude_classes, load_dataset
-from genmodels.edit.anomaly import (anomaly_map_png, auroc, auroc_bootstrap_se, likelihood_scores,
+from genmodels.edit.anomaly import (anomaly_map_png, auroc, auroc_bootstrap_se, complexity_bpd, likelihood_scores,
                                     reconstruction_scores)
 from genmodels.errors import ConfigError
 from genmodels.images import read_parameters, to_uint8
@@ -50,6 +50,13 @@ def test_bootstrap_se_is_zero_for_perfect_separation_and_shrinks_with_n():
     small = auroc_bootstrap_se(rng.normal(size=40), rng.normal(1, 1, 40), resamples=300)
     large = auroc_bootstrap_se(rng.normal(size=640), rng.normal(1, 1, 640), resamples=300)
     assert 2.5 < small / large < 6  # ~ sqrt(16) = 4
+
+
+def test_complexity_orders_blank_digit_and_noise():
+    digit = load_dataset("mnist", split="test").x[:1]
+    blank, noise = -torch.ones_like(digit), torch.rand(digit.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    bpd = complexity_bpd(torch.cat([blank, digit, noise]))
+    assert bpd[0] < bpd[1] < bpd[2] and 7 < bpd[2] < 10  # uniform 8-bit noise: ~8 bits/dim plus PNG overhead
 
 
 # ---- data.exclude_classes -----------------------------------------------------------------------

@@ -22,6 +22,8 @@ Two kinds of score, both "larger = more anomalous":
   failure (Nalisnick et al. 2019): likelihood tracks image complexity, so a simple anomaly
   (few ink pixels, like a 1) can be more likely than the training data.
 
+``complexity_bpd`` (an image's PNG length per dimension) gives the input-complexity correction of
+Serra et al. 2020, score = bits/dim - complexity.
 ``auroc`` is the Mann-Whitney statistic written out (ties count 1/2), ``auroc_bootstrap_se``
 its bootstrap standard error; ``anomaly_map_png`` draws rows input / reconstruction / map.
 The CLI verb is ``genmodels anomaly`` (``anomaly_command``).
@@ -165,6 +167,25 @@ def likelihood_scores(pipe, x, *, seed: int = 0, nll_k: int = DEFAULT_NLL_K, nll
                                nll_steps=nll_steps, ode_tol=ode_tol)["nll_bpd"].double()
              for i in range(0, len(x), batch_size)]
     return {f"{method}_bpd": torch.cat(parts)}
+
+
+def complexity_bpd(x) -> np.ndarray:
+    """Each image's length as a lossless PNG (zlib level 9) in bits per dimension: the "input
+    complexity" Serra et al. 2020 subtract from -log p (S = bpd - complexity), because a
+    likelihood mostly measures how compressible an image is, not how typical of the training set."""
+    import io
+
+    from PIL import Image
+
+    from ..images import to_uint8
+
+    pixels = to_uint8(x)
+    bits = []
+    for image in pixels:
+        buffer = io.BytesIO()
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG", compress_level=9)
+        bits.append(8 * len(buffer.getvalue()))
+    return np.asarray(bits, dtype=np.float64) / pixels[0].size
 
 
 # ---- the picture --------------------------------------------------------------------------------
