@@ -300,8 +300,10 @@ def build_kernels():
 
 
 from .cli_eval import eval_cmd  # noqa: E402
+from .edit.anomaly import anomaly_command  # noqa: E402
 
 cli.add_command(eval_cmd)
+cli.add_command(anomaly_command)
 
 from .edit.cli import COMMANDS as EDIT_COMMANDS  # noqa: E402
 from .edit.restore import restore_command  # noqa: E402

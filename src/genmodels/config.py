@@ -34,6 +34,8 @@ class DataConfig:
     channels: int | None = None  # folder datasets: 1 (grayscale) or 3 (RGB)
     skip_bad: bool = False  # skip unreadable image files with a warning instead of failing
     n_points: int = 20000  # toy 2-D sets: how many points to draw
+    # class indices left out of the training split (held-out classes, e.g. anomaly detection)
+    exclude_classes: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -213,6 +215,10 @@ def _coerce(value, annotation, key):
     elif annotation is dict or origin is dict:
         if isinstance(value, dict):
             return value
+    elif origin is list:
+        if isinstance(value, (list, tuple)):
+            (item,) = typing.get_args(annotation)
+            return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     else:  # pragma: no cover - a field type this module does not know is a programming error
         raise TypeError(f"unsupported config type {annotation} for {key}")
     kind = getattr(annotation, "__name__", str(annotation))
@@ -263,6 +269,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"config field 'train.minutes' must be positive, got {cfg.train.minutes!r}")
     if cfg.data.channels not in (None, 1, 3):
         raise ConfigError(f"config field 'data.channels' is {cfg.data.channels!r}; allowed values: 1, 3")
+    if any(k < 0 for k in cfg.data.exclude_classes):
+        raise ConfigError(f"config field 'data.exclude_classes' holds a negative class: {cfg.data.exclude_classes}")
     if not 0.0 <= cfg.sample.eta <= 1.0:
         raise ConfigError(f"config field 'sample.eta' must lie in [0, 1], got {cfg.sample.eta!r}")
     for section in cfg.sections.values():

@@ -39,7 +39,7 @@ from genmodels.data.emoji import load_emoji
 from genmodels.data.folder import load_image_folder
 from genmodels.data.loader import derive_seed
 from genmodels.data.toy import TOY_DISTRIBUTIONS
-from genmodels.errors import DataError
+from genmodels.errors import ConfigError, DataError
 
 __all__ = [
     "Dataset",
@@ -167,6 +167,33 @@ def load_dataset(
         x = _match_channels(x, channels, name)
         return Dataset(name, x.contiguous(), y, class_names, "image", captions=captions)
     raise DataError(_unknown_name_message(name))
+
+
+def exclude_classes(dataset: Dataset, classes) -> Dataset:
+    """``dataset`` without the items of ``classes`` (``data.exclude_classes``).
+
+    Holding classes out of training is how a class becomes "unseen" for anomaly detection, so
+    every per-item field (labels, conditions, noise, captions) is cut with the images, and a class
+    the set does not have is an error rather than a silent no-op.
+    """
+    classes = sorted(set(classes))
+    if not classes:
+        return dataset
+    if dataset.y is None:
+        raise ConfigError(f"data.exclude_classes={classes}: dataset {dataset.name} has no class labels")
+    bad = [k for k in classes if not 0 <= k < dataset.num_classes]
+    if bad:
+        raise ConfigError(f"data.exclude_classes: class {bad[0]} is out of range for {dataset.name} "
+                          f"(classes 0..{dataset.num_classes - 1})")
+    keep = ~torch.isin(dataset.y, torch.tensor(classes, dtype=dataset.y.dtype))
+    if not keep.any():
+        raise ConfigError(f"data.exclude_classes={classes} leaves no training items in {dataset.name}")
+    index = keep.nonzero().squeeze(1)
+    return Dataset(dataset.name, dataset.x[index], dataset.y[index], dataset.class_names, dataset.kind,
+                   noise=None if dataset.noise is None else dataset.noise[index],
+                   cond={k: v[index] for k, v in dataset.cond.items()},
+                   captions=tuple(dataset.captions[i] for i in index.tolist()) if dataset.captions else (),
+                   x_std=None if dataset.x_std is None else dataset.x_std[index], text=dataset.text)
 
 
 def _load_toy(name: str, *, split: str, n_points: int, seed: int) -> Dataset:

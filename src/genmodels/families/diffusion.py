@@ -392,6 +392,15 @@ class Pipeline(PipelineBase):
         """Likelihood of held-out data ``x``: the DDPM bound in bits/dim (``vlb``), or the PF-ODE's
         log-density on dequantized data, as bits/dim for images and nats for points (``ode``).
         ``cond``: the items' conditioning (what the network reads of it is used)."""
+        per_item = self.nll_per_item(x, cond=cond, generator=generator, progress=progress, nll_method=nll_method,
+                                     nll_steps=nll_steps)
+        return {k: v if k == "nll_nfe" else v.mean().item() for k, v in per_item.items()}
+
+    def nll_per_item(self, x, *, cond=None, generator=None, progress=False, nll_method="vlb", nll_steps=None,
+                     ode_tol=1e-5) -> dict:
+        """``nll_scores`` before the mean over items: [N] tensors (``nll_bpd`` for images, ``nll``
+        in nats for points) and ``nll_nfe`` (ode), so per-image scores (anomaly detection) and
+        the reported mean come from one computation. ``ode_tol``: the ODE solver's rtol = atol."""
         if self.latent is not None:
             raise ConfigError("a latent diffusion run has no image likelihood (its density is over latents, and "
                               "the decoder has none); drop nll from --metrics")
@@ -401,15 +410,16 @@ class Pipeline(PipelineBase):
         if nll_method == "vlb":
             bound = ddpm_vlb(self.denoiser, self.path, x, cond=cond, steps=nll_steps, generator=generator,
                              progress=progress)
-            return {"nll_bpd": bound.bits_per_dim.mean().item()}
+            return {"nll_bpd": bound.bits_per_dim.cpu()}
         sigma_min, sigma_max, prior_std = ode_sigma_range(self.path)
         if images:
             x = dequantize(x, generator=generator)
         result = ode_log_likelihood(self.denoiser, x, sigma_min=sigma_min, sigma_max=sigma_max,
-                                    prior_std=prior_std, cond=cond, generator=generator, progress=progress)
+                                    prior_std=prior_std, cond=cond, generator=generator, progress=progress,
+                                    rtol=ode_tol, atol=ode_tol)
         if images:
-            return {"nll_bpd": bits_per_dim(result.log_px, x[0].numel()).mean().item(), "nll_nfe": result.nfe}
-        return {"nll": -result.log_px.mean().item(), "nll_nfe": result.nfe}
+            return {"nll_bpd": bits_per_dim(result.log_px, x[0].numel()), "nll_nfe": result.nfe}
+        return {"nll": -result.log_px, "nll_nfe": result.nfe}
 
 
 class ClassifierFamily(DiffusionFamily):

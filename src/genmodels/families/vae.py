@@ -233,16 +233,23 @@ class VAEPipeline(PipelineBase, Reconstructor):
             parts.append(iwae_bound(self.net, self.likelihood, target[start:start + batch_size], k, generator=generator))
         return IWAEBound(torch.cat([p.log_px for p in parts]).cpu(), torch.cat([p.elbo for p in parts]).cpu(), k)
 
+    def nll_per_item(self, x, *, generator=None, progress=False, nll_k=DEFAULT_NLL_K) -> dict:
+        """Per-image [N] bounds in bits/dim: ``nll_bpd`` (-IWAE_k) and ``neg_elbo_bpd`` (-ELBO),
+        the scores anomaly detection ranks and ``nll_scores`` averages."""
+        bound = self.iwae(x, k=nll_k, generator=generator, progress=progress)
+        dims = math.prod(self.data_shape)
+        return {"nll_bpd": bits_per_dim_of(bound.log_px, dims, self.likelihood),
+                "neg_elbo_bpd": bits_per_dim_of(bound.elbo, dims, self.likelihood),
+                "nll_nats": -bound.log_px, "neg_elbo_nats": -bound.elbo}
+
     def nll_scores(self, x, *, cond=None, generator=None, progress=False, nll_k=DEFAULT_NLL_K,
                    nll_method="iwae") -> dict:
         """-IWAE_k and -ELBO of ``x`` in nats per image and bits per dimension, and the active
         units of the encoder over ``x`` (Burda et al. 2016)."""
-        bound = self.iwae(x, k=nll_k, generator=generator, progress=progress)
-        dims = math.prod(self.data_shape)
+        per_item = self.nll_per_item(x, generator=generator, progress=progress, nll_k=nll_k)
         units, _ = active_units(self.encode(x)[0])
-        return {"nll_nats": -bound.log_px.mean().item(),
-                "nll_bpd": bits_per_dim_of(bound.log_px, dims, self.likelihood).mean().item(),
-                "neg_elbo_nats": -bound.elbo.mean().item(), "active_units": units}
+        return {"nll_nats": per_item["nll_nats"].mean().item(), "nll_bpd": per_item["nll_bpd"].mean().item(),
+                "neg_elbo_nats": per_item["neg_elbo_nats"].mean().item(), "active_units": units}
 
 
 def interpolate_latents(za: torch.Tensor, zb: torch.Tensor, *, steps: int, method: str = "slerp") -> torch.Tensor:

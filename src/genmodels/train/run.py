@@ -14,7 +14,7 @@ import torch
 from .. import build
 from .._version import __version__
 from ..config import Config, from_dict, to_dict
-from ..data import InfiniteBatches, derive_seed, load_dataset
+from ..data import InfiniteBatches, derive_seed, exclude_classes, load_dataset
 from ..errors import CheckpointError, ConfigError
 from ..families.base import TrainContext
 from ..families.loading import base_record, check_base, get_family, load_run, run_references
@@ -84,6 +84,7 @@ def prepare(cfg: Config, run_dir, *, resume=False, dist: Dist = Dist(), device=N
     dataset = load_dataset(cfg.data.name, split="train", image_size=cfg.data.image_size,
                            channels=cfg.data.channels, skip_bad=cfg.data.skip_bad,
                            n_points=cfg.data.n_points, seed=cfg.train.seed)
+    dataset = exclude_classes(dataset, cfg.data.exclude_classes)  # held-out classes never reach training
     # the frozen runs this one builds on (model.base, ...): recorded with their weights' sha256
     references = run_references(cfg)
     bases = {field: load_run(path, device=device) for field, path in references.items()}
