@@ -300,15 +300,14 @@ def build_kernels():
 
 
 from .cli_eval import eval_cmd  # noqa: E402
-from .edit.anomaly import anomaly_command  # noqa: E402
 
 cli.add_command(eval_cmd)
-cli.add_command(anomaly_command)
 
+from .edit.anomaly import anomaly_command  # noqa: E402
 from .edit.cli import COMMANDS as EDIT_COMMANDS  # noqa: E402
 from .edit.restore import restore_command  # noqa: E402
 
-for _name, _command in {**EDIT_COMMANDS, "restore": restore_command}.items():
+for _name, _command in {**EDIT_COMMANDS, "restore": restore_command, "anomaly": anomaly_command}.items():
     cli.add_command(_command, _name)
 
 
