@@ -213,6 +213,9 @@ def _coerce(value, annotation, key):
     elif annotation is dict or origin is dict:
         if isinstance(value, dict):
             return value
+    elif annotation is list or origin is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
     else:  # pragma: no cover - a field type this module does not know is a programming error
         raise TypeError(f"unsupported config type {annotation} for {key}")
     kind = getattr(annotation, "__name__", str(annotation))
