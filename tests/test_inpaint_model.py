@@ -144,7 +144,7 @@ def test_a_tiny_inpainting_model_learns_to_complete_constant_images(tmp_path):
         return (out - images)[region].square().mean().item()
 
     trained = completion_error(tmp_path / "trained", "right")
-    assert trained < 0.06  # measured 0.027 (the untrained model: ~0.4, plain sampling: 0.77)
+    assert trained < 0.06  # measured 0.027 (the untrained model: 0.84, plain sampling: 0.77)
     assert trained * 5 < completion_error(tmp_path / "untrained", "right")
     plain = genmodels.load(tmp_path / "trained", device="cpu").sample(16, seed=0, steps=20, progress=False)
     assert trained * 5 < (plain - images).square().mean().item()  # the mask, not luck, told it the level
