@@ -11,12 +11,14 @@ import genmodels
 from genmodels.config import load_config
 from genmodels.data import InfiniteBatches
 from genmodels.data.datasets import Dataset
+from genmodels.data.loader import CAPTION_STREAM, POSTERIOR_STREAM
 from genmodels.data.masking import MASK_STREAM, batch_transforms, masked_inputs
 from genmodels.edit.inpaint_model import inpaint_with_model
 from genmodels.edit.masks import make_mask, resolve_mask
 from genmodels.errors import ConfigError
 from genmodels.nn.unet import UNet
-from genmodels.train.run import train
+from genmodels.train.run import DROPOUT_STREAM, train
+from genmodels.train.trainer import NOISE_STREAM
 from tests.test_autoencoder import TINY_AE
 from tests.test_cli import assert_one_line_error, run_cli
 
@@ -58,7 +60,8 @@ def test_masks_are_fresh_per_batch_and_the_same_after_a_resume():
     for want, got in zip(expected, [next(resumed) for _ in range(8)]):
         assert torch.equal(want["x"], got["x"]) and torch.equal(want["cond"]["mask"], got["cond"]["mask"])
     assert not torch.equal(expected[0]["cond"]["mask"], expected[1]["cond"]["mask"])
-    assert MASK_STREAM not in (3, 4)  # its own stream: the posterior draws and captions are unchanged
+    # its own stream: the data order, noise, dropout, posterior draws and captions are unchanged
+    assert MASK_STREAM not in (NOISE_STREAM, DROPOUT_STREAM, POSTERIOR_STREAM, CAPTION_STREAM)
 
 
 def test_latent_batches_carry_the_pixel_mask_to_the_latent_grid():
@@ -90,7 +93,8 @@ def test_the_network_output_changes_with_the_mask_and_the_masked_image():
 @pytest.fixture(scope="module")
 def pixel_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("inpaint")
-    train(load_config("mnist-inpaint", TINY), root / "run")
+    # class-conditional too, so guidance on the labels can be checked alongside the mask
+    train(load_config("mnist-inpaint", TINY + ["model.num_classes=auto", "diffusion.label_dropout=0.2"]), root / "run")
     return genmodels.load(root / "run", device="cpu")
 
 
@@ -101,6 +105,11 @@ def test_outside_the_mask_the_result_is_the_input_exactly(pixel_run):
         keep = resolve_mask(spec, 4, (8, 8)) == 0
         assert torch.equal(out[keep.expand_as(out)], images[keep.expand_as(images)])
         assert torch.isfinite(out).all() and not torch.equal(out, images)
+    guided = inpaint_with_model(pixel_run, images, "center", seed=0, steps=5, labels=3, guidance=3.0)
+    keep = resolve_mask("center", 4, (8, 8)) == 0
+    assert torch.equal(guided[keep.expand_as(guided)], images[keep.expand_as(images)])
+    unguided = inpaint_with_model(pixel_run, images, "center", seed=0, steps=5, labels=3)
+    assert not torch.equal(guided, unguided)  # guidance acts (on y; mask and masked in both halves)
     again = inpaint_with_model(pixel_run, images, "center", seed=0, steps=5)
     assert torch.equal(again, inpaint_with_model(pixel_run, images, "center", seed=0, steps=5))
     plain = pixel_run.sample(2, seed=0, steps=5, progress=False)  # no mask given: a full one
