@@ -176,3 +176,18 @@ def test_a_run_without_concat_cond_is_sent_to_repaint(tmp_path):
     train(load_config("mnist-ddpm", TINY + ["train.images=32"]), tmp_path / "plain")
     with pytest.raises(ConfigError, match="not trained as an inpainting model .*use RePaint"):
         inpaint_with_model(genmodels.load(tmp_path / "plain", device="cpu"), torch.zeros(1, 1, 8, 8), "top")
+
+
+def test_stroke_discs_drawn_on_their_boxes_equal_a_whole_grid_test():
+    from genmodels.edit.masks import _discs
+
+    g = torch.Generator().manual_seed(0)
+    for size in ((8, 8), (28, 28), (17, 40)):
+        centers = (torch.rand(30, 2, generator=g) * torch.tensor(size)).tolist()
+        radii2 = (torch.rand(30, generator=g) * 20 + 0.5).tolist()
+        ys, xs = torch.meshgrid(torch.arange(size[0], dtype=torch.float32),
+                                torch.arange(size[1], dtype=torch.float32), indexing="ij")
+        naive = torch.zeros(size, dtype=torch.bool)
+        for (cy, cx), r2 in zip(centers, radii2):
+            naive |= (ys - cy) ** 2 + (xs - cx) ** 2 <= r2
+        assert torch.equal(_discs(centers, radii2, size), naive.float())
