@@ -9,6 +9,7 @@ import torch
 import genmodels
 from genmodels.config import load_config
 from genmodels.data import load_dataset
+from genmodels.edit.inpaint_model import inpaint_with_model
 from genmodels.errors import ConfigError, DataError
 from genmodels.train.run import train
 
@@ -23,7 +24,7 @@ def test_bundled_config_trains_a_step_and_samples(name, tmp_path):
     ae_tiny = tiny + ["ae.perceptual=discriminator"]
     if name.endswith("-ae"):
         tiny = ae_tiny
-    latent = name.endswith("-ldm") or name == "emoji-t2i"
+    latent = name.endswith("-ldm") or name in ("emoji-t2i", "emoji-inpaint")
     if latent:  # latent diffusion: on the latents of the matching autoencoder config
         with pytest.raises(ConfigError, match="latent.autoencoder is required"):
             load_config(name)
@@ -46,6 +47,9 @@ def test_bundled_config_trains_a_step_and_samples(name, tmp_path):
     pipe = genmodels.load(tmp_path / "run", device="cpu")
     x = pipe.sample(2, seed=0, progress=False)
     assert x.shape[1:] == pipe.data_shape and torch.isfinite(x).all()
+    if "mask" in pipe.cond_keys:  # inpainting configs: plain sampling above (a full mask), and a region
+        out = inpaint_with_model(pipe, x, "center", seed=0, steps=4)
+        assert torch.isfinite(out).all() and torch.equal(out[..., :1, :], x[..., :1, :])
     if cfg.text.captions:  # text-to-image configs take a prompt
         x = pipe.sample(2, seed=0, prompt="a thick 7", progress=False)
         assert x.shape[1:] == pipe.data_shape and torch.isfinite(x).all()

@@ -215,10 +215,12 @@ def _coerce(value, annotation, key):
     elif annotation is dict or origin is dict:
         if isinstance(value, dict):
             return value
-    elif origin is list:
+    elif annotation is list or origin is list:
         if isinstance(value, (list, tuple)):
-            (item,) = typing.get_args(annotation)
-            return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+            args = typing.get_args(annotation)
+            if not args:  # a bare list: any items
+                return list(value)
+            return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
     else:  # pragma: no cover - a field type this module does not know is a programming error
         raise TypeError(f"unsupported config type {annotation} for {key}")
     kind = getattr(annotation, "__name__", str(annotation))

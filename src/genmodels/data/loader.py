@@ -8,6 +8,11 @@ disjoint within an epoch without talking to each other.
     batches = InfiniteBatches(dataset, 128, seed=0, rank=rank, world_size=world_size)
     batch = next(batches)                # {"x": [128, C, H, W], "cond": {"y": [128]}}
     state = batches.state_dict()         # save with the checkpoint; load_state_dict on resume
+
+``transforms``: callables ``transform(batch, generator) -> batch`` applied to each served batch in
+order, each with a generator seeded by ``derive_seed(seed, epoch, pos, rank, transform.stream)``,
+so what they draw (e.g. inpainting's training masks, ``genmodels.data.masking``) is the same on a
+resumed run.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ class InfiniteBatches:
         rank: int = 0,
         world_size: int = 1,
         device: str | torch.device = "cpu",
+        transforms=(),
     ):
         _check_sharding(len(dataset.x), batch_size, rank, world_size)
         self.x = dataset.x.to(device)
@@ -68,6 +74,7 @@ class InfiniteBatches:
         self.x_std = None if x_std is None else x_std.to(device)
         text = getattr(dataset, "text", None)
         self.text = None if text is None else text.to(device)
+        self.transforms = tuple(transforms)
         self.batch_size = batch_size
         self.seed = seed
         self.rank = rank
@@ -83,7 +90,8 @@ class InfiniteBatches:
         return self
 
     def __next__(self) -> dict[str, Tensor]:
-        index = self._current_shard()[self.pos : self.pos + self.batch_size]
+        epoch, pos = self.epoch, self.pos
+        index = self._current_shard()[pos : pos + self.batch_size]
         x = self.x[index]
         if self.x_std is not None:
             g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, self.pos, self.rank, POSTERIOR_STREAM))
@@ -97,6 +105,9 @@ class InfiniteBatches:
         batch = {"x": x, "cond": cond}
         if self.noise is not None:
             batch["noise"] = self.noise[index]
+        for transform in self.transforms:
+            g = torch.Generator().manual_seed(derive_seed(self.seed, epoch, pos, self.rank, transform.stream))
+            batch = transform(batch, g)
         return batch
 
     def state_dict(self) -> dict[str, int]:

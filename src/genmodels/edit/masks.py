@@ -120,8 +120,7 @@ def stroke_mask(size: tuple[int, int], generator: torch.Generator) -> Tensor:
     to 1/7 of the image side (2-4 px on MNIST), as free-form masks are (Yu et al. 2019)."""
     h, w = size
     side = min(h, w)
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
-    mask = torch.zeros(h, w, dtype=torch.bool)
+    centers, radii = [], []  # every disc of every stroke, drawn at once at the end (one broadcast)
 
     def uniform(lo, hi):
         return lo + (hi - lo) * torch.rand((), generator=generator).item()
@@ -135,11 +134,30 @@ def stroke_mask(size: tuple[int, int], generator: torch.Generator) -> Tensor:
             length = uniform(side / 8, side / 3)
             y1 = min(max(y + length * math.sin(angle), 0), h - 1)
             x1 = min(max(x + length * math.cos(angle), 0), w - 1)
-            for t in torch.linspace(0, 1, max(2, int(length))):  # discs along the segment
-                cy, cx = y + (y1 - y) * t.item(), x + (x1 - x) * t.item()
-                mask |= (ys - cy) ** 2 + (xs - cx) ** 2 <= radius**2
+            for t in torch.linspace(0, 1, max(2, int(length))).tolist():  # discs along the segment
+                centers.append((y + (y1 - y) * t, x + (x1 - x) * t))
+                radii.append(radius**2)
             y, x = y1, x1
-    return mask.float()[None]
+    return _discs(centers, radii, size)[None]
+
+
+def _discs(centers, radii2, size: tuple[int, int]) -> Tensor:
+    """The union of discs (centre (y, x), squared radius) on an [H, W] grid as float {0, 1}: each
+    disc is tested only on the pixels of its bounding box (one broadcast over all discs), which
+    selects exactly the pixels a whole-grid test would."""
+    h, w = size
+    c = torch.tensor(centers, dtype=torch.float32)
+    r2 = torch.tensor(radii2, dtype=torch.float32)
+    reach = int(math.ceil(math.sqrt(max(radii2)))) + 1  # a margin of a pixel over the largest radius
+    offsets = torch.arange(-reach, reach + 1)
+    rows = c[:, 0].floor().long()[:, None] + offsets  # [N, B]
+    cols = c[:, 1].floor().long()[:, None] + offsets
+    dy2, dx2 = (rows.float() - c[:, :1]) ** 2, (cols.float() - c[:, 1:]) ** 2
+    inside = dy2[:, :, None] + dx2[:, None, :] <= r2[:, None, None]
+    inside &= ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
+    mask = torch.zeros(h * w)
+    mask[(rows[:, :, None] * w + cols[:, None, :])[inside]] = 1
+    return mask.reshape(h, w)
 
 
 def training_masks(kinds, n: int, size: tuple[int, int], generator: torch.Generator) -> Tensor:

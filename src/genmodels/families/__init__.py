@@ -14,6 +14,7 @@ from .base import (FAMILIES, RUN_REFERENCES, Family, LoadedRun, SampleOption, Tr
 from .loading import WEIGHT_FILES, base_record, get_family, load, load_run, read_run_config, run_references
 from . import latent  # noqa: E402,F401  (the latent section: latent diffusion's seam)
 from ..data import text  # noqa: E402,F401  (the text section: captions and their encoder)
+from ..data import masking  # noqa: E402,F401  (the inpaint section: an inpainting model's training masks)
 from . import diffusion, gan, pix2pix, vae, autoencoder  # noqa: E402,F401  (each registers its family)
 from .diffusion import Pipeline, load_classifier  # noqa: E402
 

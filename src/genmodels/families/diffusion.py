@@ -22,6 +22,7 @@ from ..diffusion import PARAMETERIZATIONS, DiscreteDDPM, sigma_grid
 from ..diffusion.guidance import CFGDenoiser, ClassifierGuidance, DynamicThresholding, NoisyClassifierOnVE
 from ..diffusion.paths import PATHS, SCHEDULES, T_SAMPLINGS
 from ..diffusion.sigmas import SIGMA_SPACINGS, TIMESTEP_SPACINGS
+from ..data.masking import full_mask_cond, inpaint_reads
 from ..errors import ConfigError
 from ..images import save_grid, scatter_plot
 from .latent import latent_space
@@ -152,6 +153,9 @@ class DiffusionFamily(Family):
             cond = _label_cond(labels, ctx.device) or {}
             if captions is not None:  # text runs: sample i draws training item i's first caption
                 cond["text"] = captions.first_captions(len(seeds))
+            # inpainting runs: the preview draws from nothing (a full mask)
+            cond.update(full_mask_cond(getattr(ema.module, "cond_keys", ()), len(seeds), ctx.dataset.shape,
+                                       ctx.device))
             x = generate(build.make_denoiser(ema.module, path, param), path, shape=ctx.dataset.shape, seeds=seeds,
                          sampler=s.sampler, steps=min(s.steps, 25), eta=s.eta, cond=cond or None,
                          device=ctx.device)
@@ -306,6 +310,8 @@ class Pipeline(PipelineBase):
                                      reads=self.cond_keys | {"y"})
             if "y" not in cond:
                 raise ConfigError("classifier guidance needs class labels: pass labels (CLI: --class K or --class all)")
+        if not set(inpaint_reads(cond)):  # an inpainting model asked for no mask: plain sampling, a full one
+            cond.update(full_mask_cond(self.cond_keys, n, self.latent_shape))
         negative = None
         if prompt is not None:
             if "text" in cond:

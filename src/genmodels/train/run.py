@@ -19,6 +19,7 @@ from ..errors import CheckpointError, ConfigError
 from ..families.base import TrainContext
 from ..families.loading import base_record, check_base, get_family, load_run, run_references
 from ..families.latent import latent_training_data
+from ..data.masking import batch_transforms
 from ..data.text import text_training_data
 from . import distributed
 from .checkpoint import load_weights, save_json
@@ -95,6 +96,7 @@ def prepare(cfg: Config, run_dir, *, resume=False, dist: Dist = Dist(), device=N
     dataset = latent_training_data(cfg, dataset, bases, progress=dist.is_main)  # latent runs: cached latents
     dataset = text_training_data(cfg, dataset, progress=dist.is_main)  # text runs: the captions' embeddings
     cfg.model.options = options = family.network_options(cfg, dataset)
+    transforms = batch_transforms(cfg, image_shape)  # inpainting runs: the training masks
     modules = family.build(cfg, options)
     if t.init_from and not resume:
         init_weights(modules, t.init_from)
@@ -105,7 +107,8 @@ def prepare(cfg: Config, run_dir, *, resume=False, dist: Dist = Dist(), device=N
     torch.manual_seed(derive_seed(t.seed, DROPOUT_STREAM, dist.rank))  # the weights are drawn: now per rank
 
     if resume:
-        composed = (("latent",) if cfg.latent.autoencoder else ()) + (("text",) if cfg.text.captions else ())
+        composed = ((("latent",) if cfg.latent.autoencoder else ()) + (("text",) if cfg.text.captions else ())
+                    + (("inpaint",) if transforms else ()))
         check_resumable(saved_record["config"], cfg, FROZEN_SECTIONS + tuple(family.frozen_sections) + composed)
         bases_record = saved_record.get("bases", {})
         for field, recorded in bases_record.items():  # the bases it started on, unchanged
@@ -129,7 +132,7 @@ def prepare(cfg: Config, run_dir, *, resume=False, dist: Dist = Dist(), device=N
     parts = family.training(ctx)
     shards = dist.shards(t.grad_accum)
     batches = [InfiniteBatches(on_device, micro_batch, seed=t.seed, rank=s, device=device,
-                               world_size=dist.world_size * t.grad_accum) for s in shards]
+                               world_size=dist.world_size * t.grad_accum, transforms=transforms) for s in shards]
     trainer = Trainer(run_dir=run_dir, cfg=t, modules=modules, phases=parts.phases, emas=parts.emas,
                       batches=batches, device=device, preview=parts.preview, generator_seed=t.seed,
                       dist=dist, shards=shards, evaluate=parts.evaluate if dist.is_main else None)
