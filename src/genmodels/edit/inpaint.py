@@ -32,7 +32,7 @@ from .masks import latent_mask, resolve_mask
 __all__ = ["INPAINT_METHODS", "inpaint", "paste_back", "repaint_schedule", "repaint_walk"]
 
 INPAINT_METHODS = ("auto", "repaint", "model")
-PASTE_STREAM = 5  # derive_seed(seed, PASTE_STREAM): the noise of the pasted known pixels and of the jumps
+PASTE_STREAM = 6  # derive_seed(seed, PASTE_STREAM): the noise of the pasted known pixels and of the jumps
 
 
 def repaint_schedule(steps: int, jump_length: int = 0, jump_n_sample: int = 1) -> list[tuple[int, int]]:
