@@ -8,6 +8,9 @@ realism-faithfulness trade-off, inversion edits with and without null optimisati
     python benchmarks/editing.py sdedit runs/demo --strengths 0.2,0.4,0.6,0.8,1.0 --n 500 --out docs/edit/sdedit.png
     # inversion: reconstruction PSNR at w = 1 and w = 3, with and without null optimisation; 3 -> 8 edits
     python benchmarks/editing.py inversion runs/mnist-cfg --n 32 --w 1,3
+    # the picture: per mask, the input and each setting's completions of 8 test images
+    python benchmarks/editing.py grid runs/demo --model-run runs/mnist-inpaint --masks top,center,strokes:0 \
+        --settings ddim:50:0:1,ddpm:50:5:3,model --out docs/edit/inpaint_mnist.png
 
 A setting is SAMPLER:STEPS:JUMP_LENGTH:JUMP_N_SAMPLE (RePaint) or "model" (the --model-run's own
 sampler). Completion i of test image i mod N uses seed i. fd_cnn compares the completions with
@@ -195,7 +198,7 @@ def inversion_table(args):
             t0 = time.perf_counter()
             result = inversion_edit(pipe, x, source={"labels": source_class}, target={"labels": target_class},
                                     guidance=w, steps=args.steps, null_optimisation=null,
-                                    inner_steps=args.inner_steps)
+                                    inner_steps=args.inner_steps, lr=args.lr)
             logits = feats.logits(result.edited)
             row = {"w": w, "null_optimisation": null, "n": len(x), "psnr": result.psnr.mean().item(),
                    "psnr_se": (result.psnr.std() / len(x) ** 0.5).item(),
@@ -217,10 +220,36 @@ def inversion_table(args):
     return rows
 
 
+def grid_figure(args):
+    """Rows per mask: the input with the hole in gray, then each setting's completions of the
+    first 8 test images (seed 0)."""
+    from genmodels.images import save_captioned_grid
+
+    base = genmodels.load(args.run, device=args.device)
+    model = genmodels.load(args.model_run, device=args.device) if args.model_run else None
+    test, _ = test_and_train(base)
+    x = test.x[:8]
+    rows, names = [], []
+    for mask_name in args.masks.split(","):
+        mask = make_mask(mask_name, tuple(x.shape[2:])).expand(len(x), 1, *x.shape[2:])
+        rows.append(torch.where(mask.bool().expand_as(x), torch.zeros_like(x), x))
+        names += [f"{mask_name}: input"] + [""] * 7
+        for setting_text in args.settings.split(","):
+            setting = parse_setting(setting_text)
+            pipe = model if setting["method"] == "model" else base
+            if pipe is None:
+                continue
+            rows.append(inpaint(pipe, x, mask, seed=0, progress=False, **setting))
+            names += [setting_text] + [""] * 7
+    save_captioned_grid(torch.cat(rows), names, args.out, nrow=8, scale=3, lines=1)
+    print(f"{len(rows)} rows -> {args.out}")
+    return []
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
-    for name in ("inpaint", "sdedit", "inversion"):
+    for name in ("inpaint", "sdedit", "inversion", "grid"):
         p = sub.add_parser(name)
         p.add_argument("run")
         p.add_argument("--n", type=int, default=500)
@@ -229,7 +258,7 @@ def main():
         p.add_argument("--reference", type=int, default=4500, help="training images in the fd_cnn reference")
         p.add_argument("--json", default=None)
         p.add_argument("--out", default=None)
-        if name == "inpaint":
+        if name in ("inpaint", "grid"):
             p.add_argument("--model-run", default=None)
             p.add_argument("--masks", default="top,bottom,center,strokes:0")
             p.add_argument("--settings", default="ddim:50:0:1,ddpm:50:0:1,ddpm:50:5:3,model")
@@ -240,10 +269,12 @@ def main():
             p.add_argument("--w", default="1,3")
             p.add_argument("--steps", type=int, default=50)
             p.add_argument("--inner-steps", type=int, default=10)
+            p.add_argument("--lr", type=float, default=0.1)
             p.add_argument("--source", type=int, default=3)
             p.add_argument("--target", type=int, default=8)
     args = parser.parse_args()
-    rows = {"inpaint": inpaint_table, "sdedit": sdedit_table, "inversion": inversion_table}[args.what](args)
+    rows = {"inpaint": inpaint_table, "sdedit": sdedit_table, "inversion": inversion_table,
+            "grid": grid_figure}[args.what](args)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

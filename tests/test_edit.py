@@ -168,16 +168,17 @@ def test_digits():
 def test_inpainting_keeps_the_outside_exactly_and_fills_the_inside(mnist_run, test_digits):
     pipe = genmodels.load(mnist_run, device="cpu")
     x, y = test_digits
-    out = inpaint(pipe, x, "center", seed=0, steps=10, labels=y.tolist(), progress=False)
+    out = inpaint(pipe, x, "center", seed=0, steps=10, jump_length=0, labels=y.tolist(), progress=False)
     mask = make_mask("center", (28, 28)).bool().expand_as(x)
     assert torch.equal(out[~mask], x[~mask])
     assert (out[mask] - x[mask]).abs().mean() > 0.05  # regenerated, not copied
-    again = inpaint(pipe, x, "center", seed=0, steps=10, labels=y.tolist(), progress=False)
+    again = inpaint(pipe, x, "center", seed=0, steps=10, jump_length=0, labels=y.tolist(), progress=False)
     assert torch.equal(out, again)
     jumped = inpaint(pipe, x, "center", seed=0, steps=10, jump_length=2, jump_n_sample=2, labels=y.tolist(),
                      progress=False)
     assert torch.equal(jumped[~mask], x[~mask]) and not torch.equal(jumped, out)
-    full = inpaint(pipe, x, "full", seed=3, sampler="ddpm", steps=10, labels=y.tolist(), progress=False)
+    full = inpaint(pipe, x, "full", seed=3, sampler="ddpm", steps=10, jump_length=0, labels=y.tolist(),
+                   progress=False)
     torch.testing.assert_close(full, pipe.sample(6, seed=3, sampler="ddpm", steps=10, labels=y.tolist(),
                                                  progress=False), rtol=0, atol=0)
     with pytest.raises(ConfigError, match="not trained as an inpainting model|was not trained"):
@@ -247,6 +248,8 @@ def test_the_editing_verbs_write_pngs_with_their_parameters(mnist_run, tmp_path,
     params = read_parameters(out)
     assert params["mask"] == "strokes:1" and params["method"] == "repaint" and params["steps"] == 4
     assert params["seed"] == 0 and params["class"] == 3
+    # what ran, defaults filled in: RePaint's ddpm and jumps (5, shortened to the 4 steps; 3 passes)
+    assert params["sampler"] == "ddpm" and params["jump_length"] == 4 and params["jump_n_sample"] == 3
     ok(["img2img", mnist_run, "--test", "2", "--strength", "0.4", "--steps", "5", "--out", tmp_path / "i.png"])
     assert read_parameters(tmp_path / "i.png")["strength"] == 0.4
     ok(["outpaint", mnist_run, "--test", "1", "--pad", "top:7", "--steps", "3", "--out", tmp_path / "o.png"])

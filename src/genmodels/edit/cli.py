@@ -54,7 +54,7 @@ def shared_options(command):
         click.option("--test", default=None, type=int, help="Use the first N test images of the run's dataset."),
         click.option("--n", "per_image", default=1, show_default=True, help="Results per input image."),
         click.option("--seed", default=0, show_default=True, help="Result j of input i uses seed + j * N + i."),
-        click.option("--sampler", default=None, help="Default: the run's sample.sampler."),
+        click.option("--sampler", default=None, help="Default: the run's sample.sampler (RePaint: ddpm)."),
         click.option("--steps", default=None, type=int, help="Default: the run's sample.steps."),
         click.option("--eta", default=None, type=float),
         click.option("--class", "class_", default=None, type=int, help="Class-conditional runs: the class."),
@@ -125,13 +125,14 @@ def timed(fn):
                    "strokes:SEED.")
 @click.option("--method", type=click.Choice(["auto", "repaint", "model"]), default="auto", show_default=True,
               help="auto: the trained model when the run is an inpainting model, else RePaint.")
-@click.option("--jump-length", default=0, show_default=True, help="RePaint: steps between resampling jumps (0: none).")
-@click.option("--jump-n-sample", default=1, show_default=True, help="RePaint: passes over each jump (1: none).")
+@click.option("--jump-length", default=None, type=int,
+              help="RePaint: steps between resampling jumps (default 5; 0: none).")
+@click.option("--jump-n-sample", default=None, type=int, help="RePaint: passes over each jump (default 3; 1: none).")
 @click.option("--out", "out", default="inpaint.png", show_default=True)
 @timed
 def inpaint_command(run_dir, input_path, test, per_image, seed, sampler, steps, eta, class_, prompt, guidance, device,
                     mask, method, jump_length, jump_n_sample, out):
-    from .inpaint import inpaint, reads_masks
+    from .inpaint import inpaint, inpaint_settings
     from .masks import resolve_mask
 
     pipe = _load(run_dir, device)
@@ -142,10 +143,11 @@ def inpaint_command(run_dir, input_path, test, per_image, seed, sampler, steps, 
                    sampler=sampler, steps=steps, eta=eta, jump_length=jump_length, jump_n_sample=jump_n_sample,
                    progress=False, **condition_kwargs(class_, prompt, guidance))
     shown = torch.where(masks.bool().expand_as(images), torch.full_like(images, 0.0), images)  # the hole in gray
-    parameters = {"verb": "inpaint", "mask": str(mask), "method": "model" if method == "model" or (
-        method == "auto" and reads_masks(pipe)) else "repaint", "jump_length": jump_length,
-        "jump_n_sample": jump_n_sample,
-        **_common_parameters(run_dir, input_path, test, seed, sampler, steps, eta, class_, prompt, guidance, pipe)}
+    parameters = {**_common_parameters(run_dir, input_path, test, seed, sampler, steps, eta, class_, prompt, guidance,
+                                       pipe),
+                  "verb": "inpaint", "mask": str(mask),
+                  **inpaint_settings(pipe, method=method, sampler=sampler, steps=steps, eta=eta,
+                                     jump_length=jump_length, jump_n_sample=jump_n_sample)}
     _save([images, shown, done], out, parameters, nrow=n)
     return f"{n} image(s) x {per_image} completion(s), mask {mask} -> {out} (rows: input, mask, completions)"
 
@@ -157,12 +159,13 @@ def inpaint_command(run_dir, input_path, test, per_image, seed, sampler, steps, 
 @click.option("--pad", required=True, help="SIDE:PIXELS pairs, e.g. left:14,right:14 (sides top, bottom, left, right).")
 @click.option("--overlap", default=None, type=int, help="Pixels shared by neighbouring tiles (default: half the size).")
 @click.option("--method", type=click.Choice(["auto", "repaint", "model"]), default="auto", show_default=True)
-@click.option("--jump-length", default=0, show_default=True)
-@click.option("--jump-n-sample", default=1, show_default=True)
+@click.option("--jump-length", default=None, type=int, help="RePaint: as for inpaint (default 5).")
+@click.option("--jump-n-sample", default=None, type=int, help="RePaint: as for inpaint (default 3).")
 @click.option("--out", "out", default="outpaint.png", show_default=True)
 @timed
 def outpaint_command(run_dir, input_path, test, per_image, seed, sampler, steps, eta, class_, prompt, guidance,
                      device, pad, overlap, method, jump_length, jump_n_sample, out):
+    from .inpaint import inpaint_settings
     from .outpaint import outpaint, parse_pad
 
     sides = parse_pad(pad)
@@ -171,10 +174,11 @@ def outpaint_command(run_dir, input_path, test, per_image, seed, sampler, steps,
     canvas = outpaint(pipe, repeat(images, per_image), sides, overlap=overlap, seed=seed, method=method,
                       sampler=sampler, steps=steps, eta=eta, jump_length=jump_length, jump_n_sample=jump_n_sample,
                       progress=False, **condition_kwargs(class_, prompt, guidance))
-    parameters = {"verb": "outpaint", "pad": sides, "overlap": overlap, "method": method, "jump_length": jump_length,
-                  "jump_n_sample": jump_n_sample,
-                  **_common_parameters(run_dir, input_path, test, seed, sampler, steps, eta, class_, prompt, guidance,
-                                       pipe)}
+    parameters = {**_common_parameters(run_dir, input_path, test, seed, sampler, steps, eta, class_, prompt, guidance,
+                                       pipe),
+                  "verb": "outpaint", "pad": sides, "overlap": overlap,
+                  **inpaint_settings(pipe, method=method, sampler=sampler, steps=steps, eta=eta,
+                                     jump_length=jump_length, jump_n_sample=jump_n_sample)}
     _save([canvas], out, parameters, nrow=len(images))
     return f"{len(canvas)} canvas(es) of {canvas.shape[3]}x{canvas.shape[2]} -> {out}"
 
@@ -217,11 +221,12 @@ def img2img_command(run_dir, input_path, test, per_image, seed, sampler, steps, 
 @click.option("--steps", default=50, show_default=True, help="DDIM steps of the inversion and the regeneration.")
 @click.option("--null-optimisation", is_flag=True, help="Optimise the null condition per step (null-text inversion).")
 @click.option("--inner-steps", default=10, show_default=True, help="Adam steps per sampling step for the null.")
+@click.option("--lr", default=0.1, show_default=True, help="Adam's step size for the null.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--out", "out", default="edit.png", show_default=True)
 @timed
 def edit_command(run_dir, input_path, test, source_class, target_class, source_prompt, target_prompt, guidance, steps,
-                 null_optimisation, inner_steps, device, out):
+                 null_optimisation, inner_steps, lr, device, out):
     from .inversion import inversion_edit
 
     pipe = _load(run_dir, device)
@@ -237,9 +242,9 @@ def edit_command(run_dir, input_path, test, source_class, target_class, source_p
     source = {k: v for k, v in (("labels", source_class), ("prompt", source_prompt)) if v is not None}
     target = {k: v for k, v in (("labels", target_class), ("prompt", target_prompt)) if v is not None}
     result = inversion_edit(pipe, images, source=source, target=target, guidance=guidance, steps=steps,
-                            null_optimisation=null_optimisation, inner_steps=inner_steps)
+                            null_optimisation=null_optimisation, inner_steps=inner_steps, lr=lr)
     parameters = {"verb": "edit", "run": str(run_dir), "source": source, "target": target, "guidance": guidance,
-                  "steps": steps, "null_optimisation": null_optimisation, "inner_steps": inner_steps,
+                  "steps": steps, "null_optimisation": null_optimisation, "inner_steps": inner_steps, "lr": lr,
                   "input": str(input_path) if input_path else f"test:{test}"}
     _save([images, result.reconstruction, result.edited], out, parameters, nrow=len(images))
     return (f"{len(images)} image(s): reconstruction PSNR {result.psnr.mean():.2f} dB at w = {guidance}"

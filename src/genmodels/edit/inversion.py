@@ -27,6 +27,11 @@ from ..diffusion import sigma_grid
 from ..errors import ConfigError
 from ..samplers.invert import ddim_invert
 
+# Adam's step on the null: measured on mnist-cfg (8 test 3s, w = 3, 50 steps, 10 Adam steps per
+# step): reconstruction PSNR 21.1 dB at 1e-2 (null-text inversion's rate, for CLIP-scale text
+# embeddings), 43.7 at 0.1, 31.0 at 1.0; a class embedding row needs the larger step.
+NULL_LR = 0.1
+
 __all__ = ["EditResult", "inversion_edit", "invert_trajectory", "null_parameters", "psnr"]
 
 
@@ -99,7 +104,7 @@ def _guided(denoiser, x, sigma, cond, uncond, scale, overrides=None):
     return unconditional + scale * (conditional - unconditional)
 
 
-def optimise_nulls(denoiser, net, trajectory, sigmas, cond, keys, scale, *, inner_steps=10, lr=1e-2,
+def optimise_nulls(denoiser, net, trajectory, sigmas, cond, keys, scale, *, inner_steps=10, lr=NULL_LR,
                    tolerance=1e-5) -> list[dict]:
     """Per-step null overrides so the guided DDIM step from the current state lands on the
     inverted trajectory's next state (Mokady et al. 2023, Algorithm 1: Adam on the null, warm
@@ -159,7 +164,7 @@ def _condition(pipe, n, spec: dict) -> dict:
 
 
 def inversion_edit(pipe, images, *, source: dict, target: dict, guidance: float = 3.0, steps: int = 50,
-                   null_optimisation: bool = False, inner_steps: int = 10, lr: float = 1e-2) -> EditResult:
+                   null_optimisation: bool = False, inner_steps: int = 10, lr: float = NULL_LR) -> EditResult:
     """Invert ``images`` under ``source`` at w = 1 and regenerate under ``target`` (and, for the
     reconstruction score, under ``source``) at ``guidance`` (module docstring). A condition is
     ``{"labels": class or list}`` and/or ``{"prompt": text or list}``."""
