@@ -274,3 +274,17 @@ def test_editing_verbs_refuse_bad_input_in_one_line(mnist_run, tmp_path, capsys,
     args = [str(tmp_path / "small.png") if a == "SMALL" else a for a in args]
     code, _, err = run_cli([args[0], mnist_run, *args[1:]], capsys)
     assert_one_line_error(code, err, message)
+
+
+def test_the_runs_eta_goes_only_to_the_runs_own_sampler(mnist_run):
+    """sample.eta = 0 belongs to the run's sampler; Euler ancestral asked for by name keeps its own
+    eta (1), or it would silently be the deterministic Euler step (DDIM)."""
+    pipe = genmodels.load(mnist_run, device="cpu")
+    own = pipe.config.sample.sampler
+    assert pipe.sample_settings()["eta"] == pipe.config.sample.eta == 0.0
+    assert pipe.sample_settings(sampler=own)["eta"] == 0.0
+    assert pipe.sample_settings(sampler="euler_ancestral")["eta"] is None
+    assert pipe.sample_settings(sampler="euler_ancestral", eta=0.5)["eta"] == 0.5
+    x = torch.zeros(2, 1, 28, 28)
+    kw = dict(sampler="euler_ancestral", steps=4, jump_length=0, progress=False)
+    assert not torch.equal(inpaint(pipe, x, "top", **kw), inpaint(pipe, x, "top", eta=0.0, **kw))

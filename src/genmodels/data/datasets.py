@@ -23,6 +23,8 @@ channel (for feature networks that expect RGB); other channel changes are refuse
 
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 import gzip
 import importlib.resources
@@ -188,12 +190,16 @@ def exclude_classes(dataset: Dataset, classes) -> Dataset:
     keep = ~torch.isin(dataset.y, torch.tensor(classes, dtype=dataset.y.dtype))
     if not keep.any():
         raise ConfigError(f"data.exclude_classes={classes} leaves no training items in {dataset.name}")
+    if dataset.text is not None:  # a caption table is per item too; classes are cut before it is built
+        raise ValueError("exclude_classes runs before the captions are encoded (train/run.py prepare)")
     index = keep.nonzero().squeeze(1)
-    return Dataset(dataset.name, dataset.x[index], dataset.y[index], dataset.class_names, dataset.kind,
-                   noise=None if dataset.noise is None else dataset.noise[index],
-                   cond={k: v[index] for k, v in dataset.cond.items()},
-                   captions=tuple(dataset.captions[i] for i in index.tolist()) if dataset.captions else (),
-                   x_std=None if dataset.x_std is None else dataset.x_std[index], text=dataset.text)
+
+    def cut(value):
+        return None if value is None else value[index]
+
+    return dataclasses.replace(dataset, x=dataset.x[index], y=dataset.y[index], noise=cut(dataset.noise),
+                               x_std=cut(dataset.x_std), cond={k: v[index] for k, v in dataset.cond.items()},
+                               captions=tuple(dataset.captions[i] for i in index.tolist()) if dataset.captions else ())
 
 
 def _load_toy(name: str, *, split: str, n_points: int, seed: int) -> Dataset:

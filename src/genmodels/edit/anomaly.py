@@ -37,7 +37,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ..errors import ConfigError, DataError, GenmodelsError
+from ..errors import ConfigError, DataError
 
 DEFAULT_STRENGTHS = (0.2, 0.4, 0.6)
 DEFAULT_NLL_K = 100  # IWAE samples per image: a per-image ranking needs less than the 1000 of a reported NLL
@@ -292,7 +292,9 @@ def anomaly_command(run_dir, input_path, n_test, method, strength, anomaly_class
         raise ConfigError("give --input IMAGE or --test N (one of them)")
     methods, strengths = _parse_methods(method), _parse_strengths(strength)
     pipe = load(run_dir, device=device)
-    x, labels = _read_inputs(pipe, input_path, n_test)
+    from .cli import read_inputs
+
+    x, labels = read_inputs(pipe, input_path, n_test)
     anomalous = _anomalous(pipe, labels, anomaly_class) if n_test is not None else None
     table, rec = score_table(pipe, x, methods, strengths=strengths, repeats=repeats, seed=seed, steps=steps,
                              nll_k=nll_k, ode_tol=ode_tol, progress=False)
@@ -313,27 +315,6 @@ def anomaly_command(run_dir, input_path, n_test, method, strength, anomaly_class
               **({"anomalous": [bool(anomalous[i]) for i in cols]} if anomalous is not None else {})}
     anomaly_map_png(x[cols], rec.recon[row][cols], rec.maps[row][cols], out, params)
     click.echo(f"map (strength {rec.strengths[row]}) -> {out}")
-
-
-def _read_inputs(pipe, input_path, n_test):
-    """(images, labels or None): one image file, or the first n of the run's test split."""
-    from ..data import load_dataset
-    from ..images import load_image
-
-    data_shape = tuple(pipe.data_shape)
-    if len(data_shape) != 3:
-        raise GenmodelsError("anomaly works on image runs; this run's data are points")
-    if input_path is not None:
-        x = load_image(input_path, channels=data_shape[0])
-        if tuple(x.shape[1:]) != data_shape:
-            raise DataError(f"--input '{input_path}' is {x.shape[3]}x{x.shape[2]} with {x.shape[1]} channel(s); "
-                            f"this run takes {data_shape[2]}x{data_shape[1]} with {data_shape[0]}")
-        return x, None
-    if n_test < 1:
-        raise ConfigError(f"--test must be >= 1, got {n_test}")
-    d = pipe.config.data
-    test = load_dataset(d.name, split="test", image_size=d.image_size, channels=d.channels)
-    return test.x[:n_test], None if test.y is None else test.y[:n_test]
 
 
 def _anomalous(pipe, labels, anomaly_class):

@@ -17,10 +17,18 @@ from ..errors import GenmodelsError
 __all__ = ["COMMANDS", "read_inputs"]
 
 
+def test_split(pipe):
+    """The run's own test split (its data section's dataset, size and channels)."""
+    from ..data import load_dataset
+
+    data = pipe.config.data
+    return load_dataset(data.name, split="test", image_size=data.image_size, channels=data.channels)
+
+
 def read_inputs(pipe, input_path, test: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(images [N, C, H, W] in [-1, 1], their labels or None) from ``--input`` or ``--test N``,
-    checked against the run's image shape."""
-    from ..data import load_dataset
+    checked against the run's image shape; every editing, restoration and anomaly verb reads its
+    images here."""
     from ..images import load_image, load_image_set
 
     shape = tuple(pipe.data_shape)
@@ -30,7 +38,7 @@ def read_inputs(pipe, input_path, test: int | None) -> tuple[torch.Tensor, torch
         raise GenmodelsError("give --input IMAGE (a PNG, a folder or an .npz) or --test N (the run's test images)")
     if test is not None:
         data = pipe.config.data
-        split = load_dataset(data.name, split="test", image_size=data.image_size, channels=data.channels)
+        split = test_split(pipe)
         if test < 1 or test > len(split):
             raise GenmodelsError(f"--test {test}: the test split of '{data.name}' has {len(split)} images")
         return split.x[:test], None if split.y is None else split.y[:test]
@@ -231,10 +239,10 @@ def edit_command(run_dir, input_path, test, source_class, target_class, source_p
 
     pipe = _load(run_dir, device)
     if test is not None and source_class is not None and input_path is None:
-        images, labels = read_inputs(pipe, None, len_test(pipe))
-        if labels is None:
+        split = test_split(pipe)
+        if split.y is None:
             raise GenmodelsError("--source-class with --test needs a labelled dataset")
-        images = images[labels == source_class][:test]
+        images = split.x[split.y == source_class][:test]
         if not len(images):
             raise GenmodelsError(f"the test split has no images of class {source_class}")
     else:
@@ -250,13 +258,6 @@ def edit_command(run_dir, input_path, test, source_class, target_class, source_p
     return (f"{len(images)} image(s): reconstruction PSNR {result.psnr.mean():.2f} dB at w = {guidance}"
             f"{' with' if null_optimisation else ' without'} null optimisation -> {out} "
             "(rows: input, reconstruction, edit)")
-
-
-def len_test(pipe) -> int:
-    from ..data import load_dataset
-
-    data = pipe.config.data
-    return len(load_dataset(data.name, split="test", image_size=data.image_size, channels=data.channels))
 
 
 COMMANDS = {"inpaint": inpaint_command, "outpaint": outpaint_command, "img2img": img2img_command,

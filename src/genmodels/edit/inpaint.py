@@ -144,9 +144,6 @@ def inpaint_settings(pipe, *, method="auto", sampler=None, steps=None, eta=None,
         return {"method": method, **pipe.sample_settings(sampler=sampler, steps=steps, eta=eta),
                 "jump_length": 0, "jump_n_sample": 1}
     settings = pipe.sample_settings(sampler=sampler or REPAINT_DEFAULTS["sampler"], steps=steps, eta=eta)
-    if eta is None and settings["sampler"] != pipe.config.sample.sampler:
-        # the run's sample.eta belongs to its own sampler: another one (euler_ancestral) keeps its default
-        settings["eta"] = None
     if jump_length is None:  # the default jumps, shortened for a grid of fewer steps
         jump_length = min(REPAINT_DEFAULTS["jump_length"], settings["steps"])
     if jump_n_sample is None:

@@ -25,6 +25,7 @@ from torch.func import functional_call
 
 from ..diffusion import sigma_grid
 from ..errors import ConfigError
+from ..families.autoencoder import psnr  # per image, [-1, 1] read as [0, 1]
 from ..samplers.invert import ddim_invert
 
 # Adam's step on the null: measured on mnist-cfg (8 test 3s, w = 3, 50 steps, 10 Adam steps per
@@ -33,12 +34,6 @@ from ..samplers.invert import ddim_invert
 NULL_LR = 0.1
 
 __all__ = ["EditResult", "inversion_edit", "invert_trajectory", "null_parameters", "psnr"]
-
-
-def psnr(x: Tensor, y: Tensor) -> Tensor:
-    """Per-image PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
-    mse = (x.float() - y.float()).square().flatten(1).mean(1).clamp_min(1e-12)
-    return 10 * torch.log10(4.0 / mse)
 
 
 @dataclass

@@ -370,9 +370,14 @@ class Pipeline(PipelineBase):
         return noise.cpu(), recon, rmse
 
     def sample_settings(self, *, sampler=None, steps=None, eta=None) -> dict:
-        """The sampler settings ``sample`` gets for these overrides: the run's own otherwise."""
+        """The sampler settings ``sample`` gets for these overrides: the run's own otherwise. The
+        run's ``sample.eta`` belongs to its own sampler: another sampler without an ``eta`` keeps
+        its own default (None), or the run's eta 0 would make Euler ancestral deterministic."""
         s = self.config.sample
-        return dict(sampler=sampler or s.sampler, steps=steps or s.steps, eta=s.eta if eta is None else eta)
+        sampler = sampler or s.sampler
+        if eta is None and sampler == s.sampler:
+            eta = s.eta
+        return dict(sampler=sampler, steps=steps or s.steps, eta=eta)
 
     # ---- likelihood ------------------------------------------------------------------------
     @property
