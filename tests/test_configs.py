@@ -16,6 +16,9 @@ from genmodels.train.run import train
 CONFIGS = sorted(p.stem for p in (Path(genmodels.__file__).parent / "configs").glob("*.yaml"))
 
 
+CONTROL_BASES = {"mnist-controlnet": "mnist-cfg", "emoji-controlnet": "emoji-ddpm"}
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_bundled_config_trains_a_step_and_samples(name, tmp_path):
     tiny = ["train.batch_size=8", "train.images=8", "train.device=cpu", "train.warmup_images=0"]
@@ -34,6 +37,13 @@ def test_bundled_config_trains_a_step_and_samples(name, tmp_path):
         except DataError as e:
             pytest.skip(str(e))
         tiny = tiny + [f"latent.autoencoder={tmp_path / 'ae'}"]
+    if name in CONTROL_BASES:  # ControlNets: on a tiny run of the base config they steer
+        base = CONTROL_BASES[name]
+        try:
+            train(load_config(base, tiny), tmp_path / "base")
+        except DataError as e:
+            pytest.skip(str(e))
+        tiny = tiny + [f"model.base={tmp_path / 'base'}"]
     cfg = load_config(name, tiny)
     try:
         load_dataset(cfg.data.name, split="train", n_points=64)

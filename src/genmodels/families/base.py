@@ -6,6 +6,8 @@ A family (subclass ``Family``) has
 - ``name``, and ``frozen_sections``: the config sections that fix what its weights mean, so a
   resume must not change them (diffusion: "diffusion"); its own section is a dataclass registered
   with ``genmodels.config.register_section`` in the family's file;
+- ``prepare_config(cfg)``: called first when a run is prepared; a composed run takes sections
+  of the run it builds on here (a ControlNet: the base's diffusion, latent and text sections);
 - ``network_options(cfg, dataset) -> options``: the model options with what the data dictates
   filled in (channels, image size, classes), recorded in config.json;
 - ``build(cfg, options) -> {name: module}``: its networks on the CPU. Training and loading both
@@ -117,6 +119,9 @@ class Family:
     name = ""
     frozen_sections: tuple = ()
     sample_options: tuple = ()
+
+    def prepare_config(self, cfg) -> None:
+        pass
 
     def network_options(self, cfg, dataset) -> dict:
         return build.network_options(cfg, dataset.shape, dataset.num_classes)

@@ -123,9 +123,16 @@ class DiffusionFamily(Family):
         return dataclasses.replace(objective, null=lambda key, value: null_value(net, key, value)), reads
 
     def training(self, ctx: TrainContext) -> TrainParts:
+        net = ctx.modules["net"]
+        ema = ctx.ema("net")
+        return self.denoising_parts(ctx, net, ctx.adamw(net.parameters()), {"net": ema}, lambda: ema.module)
+
+    def denoising_parts(self, ctx: TrainContext, net, optimizer, emas: dict, sampling_net) -> TrainParts:
+        """The one denoising phase of ``net`` (what the objective calls; ``optimizer`` holds what
+        it trains), its ``emas``, and the preview and proxy evaluation drawn from
+        ``sampling_net()`` (the network with the EMA weights)."""
         cfg, t = ctx.cfg, ctx.cfg.train
         path, param, objective = self.parts(cfg)
-        net = ctx.modules["net"]
         objective, reads = self.objective_for(objective, net)
         train_net = ctx.wrap(net)
 
@@ -135,35 +142,39 @@ class DiffusionFamily(Family):
             with ctx.autocast_context():
                 return objective(train_net, on_device, generator=generator)
 
-        phase = Phase("denoiser", train_net, loss, ctx.adamw(net.parameters()), t.grad_clip)
-        ema = ctx.ema("net")
+        phase = Phase("denoiser", train_net, loss, optimizer, t.grad_clip)
         if param is None:  # a classifier draws nothing
-            return TrainParts([phase], {"net": ema})
-        return TrainParts([phase], {"net": ema}, preview=self._preview(ctx, ema, path, param),
-                          evaluate=self._evaluate(ctx, ema, path, param))
+            return TrainParts([phase], emas)
+        draw = self._draw(ctx, sampling_net, path, param)
+        return TrainParts([phase], emas, preview=self._preview(ctx, draw), evaluate=self._evaluate(ctx, draw))
 
-    @staticmethod
-    def _draw(ctx, ema, path, param):
+    def draw_cond(self, ctx: TrainContext, seeds) -> dict:
+        """Conditioning the preview's samples ``seeds`` get beyond labels, captions and masks
+        (a ControlNet: the control images of those training items)."""
+        return {}
+
+    def _draw(self, ctx, sampling_net, path, param):
         """draw(seeds, labels) -> samples from the current EMA weights with the preview's sampler
         (latent runs: decoded by the frozen autoencoder)."""
         s, space = ctx.cfg.sample, latent_space(ctx.cfg, ctx.bases)
         captions = getattr(ctx.dataset, "text", None)
 
         def draw(seeds, labels=None):
+            net = sampling_net()
             cond = _label_cond(labels, ctx.device) or {}
             if captions is not None:  # text runs: sample i draws training item i's first caption
                 cond["text"] = captions.first_captions(len(seeds))
             # inpainting runs: the preview draws from nothing (a full mask)
-            cond.update(full_mask_cond(getattr(ema.module, "cond_keys", ()), len(seeds), ctx.dataset.shape,
-                                       ctx.device))
-            x = generate(build.make_denoiser(ema.module, path, param), path, shape=ctx.dataset.shape, seeds=seeds,
+            cond.update(full_mask_cond(getattr(net, "cond_keys", ()), len(seeds), ctx.dataset.shape, ctx.device))
+            cond.update(self.draw_cond(ctx, seeds))
+            x = generate(build.make_denoiser(net, path, param), path, shape=ctx.dataset.shape, seeds=seeds,
                          sampler=s.sampler, steps=min(s.steps, 25), eta=s.eta, cond=cond or None,
                          device=ctx.device)
             return x if space is None else space.decode(x)
         return draw
 
-    def _preview(self, ctx, ema, path, param):
-        draw, dataset = self._draw(ctx, ema, path, param), ctx.dataset
+    def _preview(self, ctx, draw):
+        dataset = ctx.dataset
 
         def preview(png_path):
             if dataset.kind == "image":
@@ -173,12 +184,12 @@ class DiffusionFamily(Family):
 
         return preview
 
-    def _evaluate(self, ctx, ema, path, param):
+    def _evaluate(self, ctx, draw):
         if not (ctx.cfg.train.eval_every_images and ctx.dist.is_main):
             return None
         from ..metrics.protocol import proxy_evaluator
 
-        return proxy_evaluator(ctx.cfg, ctx.dataset, self._draw(ctx, ema, path, param), n=ctx.cfg.train.eval_n)
+        return proxy_evaluator(ctx.cfg, ctx.dataset, draw, n=ctx.cfg.train.eval_n)
 
     def load(self, run: LoadedRun) -> Pipeline:
         path, param, _ = self.parts(run.config)

@@ -173,6 +173,17 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor, c_noise: Tensor, cond: dict | None = None, *,
                 residuals: dict | None = None) -> Tensor:
+        x, emb, context = self.embed(x, c_noise, cond)
+        hs, h = self.encode(x, emb, context)
+        if residuals is not None:  # ControlNet's residuals (Zhang et al. 2023, Eq. 4): added, not replacing
+            skips, mid = _check_residuals(residuals, self)
+            hs = [s + r for s, r in zip(hs, skips)]
+            h = h + mid
+        return self.decode(h, hs, emb, context)
+
+    def embed(self, x: Tensor, c_noise: Tensor, cond: dict | None) -> tuple[Tensor, Tensor, tuple | None]:
+        """(the input with any concatenated conditions, the time + class + pooled-text embedding,
+        the cross-attention context (states, mask) or None), after checking ``x`` and ``cond``."""
         expected = (self.in_channels, self.image_size, self.image_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"UNet expected input of shape [B, {', '.join(map(str, expected))}], "
@@ -194,11 +205,14 @@ class UNet(nn.Module):
                 emb = emb + self.text_embed(text["pooled"].to(emb.dtype))
         if self.concat_cond:
             x = torch.cat([x, *_concat_inputs(cond, self.concat_cond, self.concat_channels, x)], dim=1)
-        skips = mid = None
-        if residuals is not None:
-            skips, mid = _check_residuals(residuals, self)
+        return x, emb, context
 
+    def encode(self, x: Tensor, emb: Tensor, context, *, hint: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
+        """The down path and the middle block: (the skip activations in order, the middle's
+        output). ``hint`` (a ControlNet's encoded control image) is added after ``conv_in``."""
         h = self.conv_in(x)
+        if hint is not None:
+            h = h + hint
         hs = [h] if self.extra_up_block else []
         for module in self.down:
             h = module(h, emb, context) if isinstance(module, _Stage) else module(h, emb)
@@ -209,9 +223,11 @@ class UNet(nn.Module):
         mid_cross = self._modules.get("mid_cross")
         if mid_cross is not None:
             h = mid_cross(h, *context)
-        if skips is not None:  # ControlNet's residuals (Zhang et al. 2023, Eq. 4): added, not replacing
-            hs = [s + r for s, r in zip(hs, skips)]
-            h = h + mid
+        return hs, h
+
+    def decode(self, h: Tensor, hs: list[Tensor], emb: Tensor, context) -> Tensor:
+        """The up path, fed the skips ``hs`` (consumed from the end), and the output layers."""
+        hs = list(hs)
         for module in self.up:
             if isinstance(module, Upsample):
                 h = module(h, emb)

@@ -19,6 +19,7 @@ from ..errors import CheckpointError, ConfigError
 from ..families.base import TrainContext
 from ..families.loading import base_record, check_base, get_family, load_run, run_references
 from ..families.latent import latent_training_data
+from ..data.control import control_training_data
 from ..data.masking import batch_transforms
 from ..data.text import text_training_data
 from . import distributed
@@ -80,6 +81,7 @@ def prepare(cfg: Config, run_dir, *, resume=False, dist: Dist = Dist(), device=N
     device = build.resolve_device(cfg.train.device) if device is None else device
     t = cfg.train
     family = get_family(cfg.family)
+    family.prepare_config(cfg)  # a composed run takes its base's sections (ControlNet)
     micro_batch = distributed.check_batch_split(t.batch_size, dist, t.grad_accum)
     torch.manual_seed(cfg.train.seed)
     dataset = load_dataset(cfg.data.name, split="train", image_size=cfg.data.image_size,
@@ -93,6 +95,7 @@ def prepare(cfg: Config, run_dir, *, resume=False, dist: Dist = Dist(), device=N
     if resume and cfg.latent.autoencoder and cfg.latent.scale_factor is None:  # the scale it trained with
         cfg.latent.scale_factor = saved_record["config"].get("latent", {}).get("scale_factor")
     image_shape = dataset.shape
+    dataset = control_training_data(cfg, dataset)  # ControlNet runs: the control maps, from the pixels
     dataset = latent_training_data(cfg, dataset, bases, progress=dist.is_main)  # latent runs: cached latents
     dataset = text_training_data(cfg, dataset, progress=dist.is_main)  # text runs: the captions' embeddings
     cfg.model.options = options = family.network_options(cfg, dataset)
@@ -108,7 +111,7 @@ def prepare(cfg: Config, run_dir, *, resume=False, dist: Dist = Dist(), device=N
 
     if resume:
         composed = ((("latent",) if cfg.latent.autoencoder else ()) + (("text",) if cfg.text.captions else ())
-                    + (("inpaint",) if transforms else ()))
+                    + (("inpaint",) if transforms else ()) + (("control",) if cfg.control.type else ()))
         check_resumable(saved_record["config"], cfg, FROZEN_SECTIONS + tuple(family.frozen_sections) + composed)
         bases_record = saved_record.get("bases", {})
         for field, recorded in bases_record.items():  # the bases it started on, unchanged

@@ -1,0 +1,114 @@
+"""ControlNet benchmark: how well trained ControlNet runs follow their controls, what they cost
+in quality, how fidelity moves with the control scale, and how many images they needed.
+
+    OMP_NUM_THREADS=2 python benchmarks/control.py /work/runs/cn/edges /work/runs/cn/skeleton \
+        /work/runs/cn/lowres --n 2000 --n-scale 500 --grids docs/control
+
+For each run: sample i reads the control map of test image i mod (test size) (the run's own
+sampler, no class, seed i); the same extractor applied to the samples is compared with the
+control (``genmodels.data.control.control_fidelity``: F1 at 1 px for stroke maps, IoU for masks,
+1 - L1 for lowres). Rows:
+
+- ``controlled``: the ControlNet at scale 1;
+- ``base``: the same seeds at scale 0 (the frozen base alone: what the control adds);
+- ``real, unmatched``: real test images against other images' controls (chance level). Real
+  images against their own controls score 1 by construction (the ceiling).
+
+fd_cnn / KID are against the dataset's reference split in the protocol's feature CNN at n
+samples. ``converged at``: the images seen when the training rows' control fidelity first
+reached 95 % of its last value (``train.eval_every_images`` rows in metrics.jsonl).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+import genmodels
+from genmodels.data import load_dataset
+from genmodels.data.control import control_fidelity, extract_control
+from genmodels.images import save_grid
+from genmodels.metrics.features import feature_net
+from genmodels.metrics.protocol import reference_features
+from genmodels.metrics.registry import EvalInputs, compute
+
+
+def mean_se(values: torch.Tensor) -> tuple[float, float]:
+    return values.mean().item(), (values.std() / math.sqrt(len(values))).item()
+
+
+def quality(net, reference, x) -> dict:
+    inputs = EvalInputs("image", real_features=reference, fake_features=net.features(x, convert=True, progress=False),
+                        fd_name=f"fd_{net.tag}")
+    scores = compute(["fd_cnn", "kid"], inputs, options={"kid": {"subsets": 20, "subset_size": min(len(x), 1000)}})
+    return {"fd_cnn": scores["fd_cnn"], "kid": scores["kid"]}
+
+
+def converged_at(run: Path) -> int | None:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "control_fidelity" in line]
+    if not rows:
+        return None
+    final = rows[-1]["control_fidelity"]
+    return next(r["images"] for r in rows if r["control_fidelity"] >= 0.95 * final)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--n", type=int, default=2000, help="samples per row (fidelity, fd_cnn)")
+    parser.add_argument("--n-scale", type=int, default=500, help="samples per control scale")
+    parser.add_argument("--scales", default="0,0.25,0.5,0.75,1,1.5,2")
+    parser.add_argument("--grids", type=Path, default=None, help="write control -> outputs grids here")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    scales = [float(s) for s in args.scales.split(",")]
+    results = []
+    print("| run | control | row | fidelity | fd_cnn | KID x1e3 | ms / image |")
+    print("|---|---|---|---|---|---|---|")
+    for run in args.runs:
+        pipe = genmodels.load(run, device="cpu")
+        kind, data = pipe.config.control.type, pipe.config.data
+        test = load_dataset(data.name, split="test", image_size=data.image_size, channels=data.channels)
+        index = torch.arange(args.n) % len(test.x)
+        controls = extract_control(kind, test.x)[index]
+        net = feature_net(data.name, progress=False)
+        reference = reference_features(data.name, net, progress=False)
+        rows = {}
+        for name, scale in (("controlled", 1.0), ("base", 0.0)):
+            start = time.perf_counter()
+            x = pipe.sample(args.n, control=controls, control_scale=scale, progress=False, batch_size=250)
+            seconds = time.perf_counter() - start
+            f, se = mean_se(control_fidelity(kind, x, controls))
+            rows[name] = dict(fidelity=f, fidelity_se=se, ms=1000 * seconds / args.n, **quality(net, reference, x))
+            if name == "controlled" and args.grids is not None:
+                args.grids.mkdir(parents=True, exist_ok=True)
+                show = controls[:8].repeat(1, x.shape[1] // controls.shape[1], 1, 1)
+                more = pipe.sample(16, control=controls[:8].repeat(2, 1, 1, 1), seed=10_000, progress=False)
+                save_grid(torch.cat([show, x[:8], more]).clamp(-1, 1), args.grids / f"{run.name}.png", nrow=8, scale=2)
+        shuffled = controls.roll(1, 0)
+        real = test.x[index]
+        f, se = mean_se(control_fidelity(kind, real, shuffled))
+        rows["real, unmatched"] = dict(fidelity=f, fidelity_se=se, ms=float("nan"), **quality(net, reference, real))
+        for name, r in rows.items():
+            print(f"| {run.name} | {kind} | {name} | {r['fidelity']:.3f} +- {r['fidelity_se']:.3f} | {r['fd_cnn']:.2f} "
+                  f"| {1e3 * r['kid']:.2f} | {r['ms']:.1f} |", flush=True)
+        sweep = {}
+        for scale in scales:
+            x = pipe.sample(args.n_scale, control=controls[:args.n_scale], control_scale=scale, progress=False,
+                            batch_size=250)
+            sweep[scale] = control_fidelity(kind, x, controls[:args.n_scale]).mean().item()
+        monotone = all(b >= a - 0.005 for a, b in zip(list(sweep.values()), list(sweep.values())[1:]))
+        print(f"|   {run.name} | fidelity vs scale | " + ", ".join(f"{s:g}: {v:.3f}" for s, v in sweep.items())
+              + f" | monotone: {'yes' if monotone else 'no'} | converged at {converged_at(run)} images | |", flush=True)
+        results.append(dict(run=str(run), kind=kind, rows=rows, sweep=sweep, converged_at=converged_at(run)))
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
