@@ -10,7 +10,8 @@ control (``genmodels.data.control.control_fidelity``: F1 at 1 px for stroke maps
 1 - L1 for lowres). Rows:
 
 - ``controlled``: the ControlNet at scale 1;
-- ``base``: the same seeds at scale 0 (the frozen base alone: what the control adds);
+- ``base``: the same seeds at scale 0 (the frozen base alone: what the control adds), and for a
+  class-conditional base also given each test image's class (the base at its best);
 - ``real, unmatched``: real test images against other images' controls (chance level). Real
   images against their own controls score 1 by construction (the ceiling).
 
@@ -68,7 +69,7 @@ def main():
     args = parser.parse_args()
     scales = [float(s) for s in args.scales.split(",")]
     results = []
-    print("| run | control | row | fidelity | fd_cnn | KID x1e3 | ms / image |")
+    print("| run | control | row | fidelity | fd_cnn | KID | ms / image |")
     print("|---|---|---|---|---|---|---|")
     for run in args.runs:
         pipe = genmodels.load(run, device="cpu")
@@ -79,9 +80,13 @@ def main():
         net = feature_net(data.name, progress=False)
         reference = reference_features(data.name, net, progress=False)
         rows = {}
-        for name, scale in (("controlled", 1.0), ("base", 0.0)):
+        labels = test.y[index].tolist() if pipe.net_num_classes and test.y is not None else None
+        cases = [("controlled", 1.0, None), ("base", 0.0, None)] + ([("base, the test image's class", 0.0, labels)]
+                                                                    if labels else [])
+        for name, scale, given in cases:
             start = time.perf_counter()
-            x = pipe.sample(args.n, control=controls, control_scale=scale, progress=False, batch_size=250)
+            x = pipe.sample(args.n, control=controls, control_scale=scale, labels=given, progress=False,
+                            batch_size=250)
             seconds = time.perf_counter() - start
             f, se = mean_se(control_fidelity(kind, x, controls))
             rows[name] = dict(fidelity=f, fidelity_se=se, ms=1000 * seconds / args.n, **quality(net, reference, x))
@@ -96,7 +101,7 @@ def main():
         rows["real, unmatched"] = dict(fidelity=f, fidelity_se=se, ms=float("nan"), **quality(net, reference, real))
         for name, r in rows.items():
             print(f"| {run.name} | {kind} | {name} | {r['fidelity']:.3f} +- {r['fidelity_se']:.3f} | {r['fd_cnn']:.2f} "
-                  f"| {1e3 * r['kid']:.2f} | {r['ms']:.1f} |", flush=True)
+                  f"| {r['kid']:.3f} | {r['ms']:.1f} |", flush=True)
         sweep = {}
         for scale in scales:
             x = pipe.sample(args.n_scale, control=controls[:args.n_scale], control_scale=scale, progress=False,

@@ -222,16 +222,22 @@ def test_the_pipeline_at_scale_zero_is_the_base_and_controls_are_read_every_way(
     pipe, base = load(root / "edges", device="cpu"), load(root / "base", device="cpu")
     kw = dict(steps=3, labels=[1, 2], guidance=2.0, progress=False)
     assert torch.equal(pipe.sample(2, control="test:0-1", control_scale=0, **kw), base.sample(2, **kw))
-    default = pipe.sample(2, **kw)  # sample i reads test image i's control
-    assert torch.equal(default, pipe.sample(2, control_from="test:0-1", **kw))
-    maps = pipe.control_images(2, "test:0-1")
-    assert torch.equal(pipe.sample(2, control=maps, **kw), default)
+    default = pipe.sample(2, **kw)  # asked for classes 1 and 2: the first test images of those classes' controls
     from genmodels.data import load_dataset
 
-    save_images(load_dataset("mnist", split="test").x[:1], tmp_path)
+    test = load_dataset("mnist", split="test")
+    first = [int((test.y == k).nonzero()[0]) for k in (1, 2)]
+    assert torch.equal(default, pipe.sample(2, control=extract_control("edges", test.x[first]), **kw))
+    unlabelled = dict(kw, labels=None, guidance=1.0)
+    assert torch.equal(pipe.sample(2, **unlabelled), pipe.sample(2, control_from="test:0-1", **unlabelled))
+    default = pipe.sample(2, control_from="test:0-1", **kw)
+    maps = pipe.control_images(2, "test:0-1")
+    assert torch.equal(pipe.sample(2, control=maps, **kw), default)
+    save_images(test.x[:1], tmp_path)
     digit = str(next(tmp_path.glob("*.png")))
     one = pipe.control_images(2, digit, control_type="edges")
     assert torch.equal(one[0], maps[0]) and torch.equal(one[1], maps[0])  # one control for all
+    assert pipe.sample(600, steps=1, progress=False, batch_size=600).shape[0] == 600  # more samples than test images
     with pytest.raises(ConfigError, match="reads edges maps"):
         pipe.control_images(2, digit, control_type="skeleton")
     with pytest.raises(ConfigError, match="28x28"):

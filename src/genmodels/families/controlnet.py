@@ -16,8 +16,8 @@ Sampling (``ControlPipeline.sample``, CLI ``genmodels sample RUN ...``):
 
 - ``control``: the control image(s): a tensor [C, H, W] / [N, C, H, W] in [-1, 1] (one for all
   samples or one per sample), a PNG path, or ``test:I`` / ``test:I-J`` (the control maps of
-  those test images); without one, sample i reads test image i's control map, so ``eval`` and
-  ``report`` measure the controlled model. ``control_type``: the given image is a picture to
+  those test images); without one, sample i reads test image i's control map (with class labels:
+  a test image of sample i's class), so ``eval`` and ``report`` measure the controlled model. ``control_type``: the given image is a picture to
   extract this run's control from, not a control map.
 - ``control_scale``: the residuals' weight (0 = the base alone, bit for bit).
 - ``guess_mode``: the ControlNet sees no class or text and its residuals ramp 0.1 -> 1 with
@@ -232,9 +232,9 @@ class ControlPipeline(Pipeline):
 
     def _control_map(self, n: int, control, kind: str, control_type) -> torch.Tensor:
         channels = control_channels(kind, self.data_shape[0])
-        if control is None:  # sample i: test image i's map
-            control = f"test:0-{n - 1}"
-        if isinstance(control, (str, Path)) and str(control).startswith("test:"):
+        if isinstance(control, DefaultControls):
+            maps = extract_control(kind, control.images)
+        elif isinstance(control, (str, Path)) and str(control).startswith("test:"):
             maps = extract_control(kind, _test_images(self, str(control)))
         else:
             image = _read_control_image(control, self.data_shape[0] if control_type else channels)
@@ -265,12 +265,39 @@ class ControlPipeline(Pipeline):
         scales = _scales(control_scale, len(pipe.controls))
         cond = dict(cond or {})
         if "image" not in cond:
+            if control is None:
+                control = [default_controls(self, n, kwargs.get("labels"))] * len(pipe.controls)
             cond["image"] = pipe.control_images(n, control, control_type=control_type)
         net = ControlledUNet(self.net, pipe.controls, scales, guess_mode=guess_mode in (True, "on"))
         return Pipeline.sample(dataclasses.replace(pipe, net=net), n, cond=cond, **kwargs)
 
     def sample_settings(self, *, sampler=None, steps=None, eta=None) -> dict:
         return Pipeline.sample_settings(self, sampler=sampler, steps=steps, eta=eta)
+
+
+@dataclass
+class DefaultControls:
+    """The test images whose control maps ``sample`` reads when given none."""
+
+    images: torch.Tensor
+
+
+def default_controls(pipe, n: int, labels=None) -> DefaultControls:
+    """Sample i reads test image i's control (cycled); with ``labels``, a test image of the class
+    sample i is asked for (its (i // K)-th, cycled), so an evaluation asking for classes i mod K
+    gets controls of those classes."""
+    from ..edit.cli import test_split
+
+    split = test_split(pipe)
+    if labels is None or split.y is None:
+        return DefaultControls(split.x[torch.arange(n) % len(split.x)])
+    asked = [labels] * n if isinstance(labels, int) else [int(k) for k in labels]
+    by_class = {k: (split.y == k).nonzero().flatten() for k in set(asked)}
+    missing = sorted(k for k, rows in by_class.items() if not len(rows))
+    if missing:
+        raise ConfigError(f"no test image of class(es) {missing} to take a default control from; pass --control")
+    rows = [by_class[k][(i // max(len(by_class), 1)) % len(by_class[k])] for i, k in enumerate(asked)]
+    return DefaultControls(split.x[torch.stack(rows)])
 
 
 def _split(text) -> list:
