@@ -244,6 +244,9 @@ def test_the_pipeline_at_scale_zero_is_the_base_and_controls_are_read_every_way(
         pipe.control_images(2, torch.zeros(1, 1, 16, 16))
     with pytest.raises(ConfigError, match="one control per ControlNet"):
         pipe.control_images(2, ["test:0", "test:1"])
+    guided = pipe.sample(2, control_from="test:0-1", guide_control="on", **kw)
+    assert not torch.equal(guided, default) and torch.isfinite(guided).all()
+    assert torch.equal(pipe.sample(2, control_from="test:0-1", guidance_keys=["y", "image"], **kw), guided)
     two = pipe.with_controlnets([root / "edges"])
     assert len(two.controls) == 2
     x2 = two.sample(2, control=["test:0-1", "test:0-1"], control_scale=[1.0, 0.0], **kw)

@@ -25,7 +25,8 @@ Sampling (``ControlPipeline.sample``, CLI ``genmodels sample RUN ...``):
 - ``controlnets``: more ControlNet runs on the same base, each with its control (``control`` a
   list, one per net, this run's first) and scale (``control_scale`` a list).
 - Classifier-free guidance (``guidance``) guides the base's class / prompt; both halves see the
-  control, unless ``guidance_keys`` names ``image``.
+  control, unless ``guide_control`` (or ``guidance_keys`` naming ``image``): then the
+  unconditional half reads the null control (zeros) too.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ CONTROL_OPTIONS = (
                                                "nets: comma-separated (default 1)"),
     SampleOption("guess_mode", "choice", None, "on: the ControlNet sees no class/text, residuals 0.1 -> 1 with "
                                                "depth", choices=("on", "off")),
+    SampleOption("guide_control", "choice", None, "on: classifier-free guidance also on the control (its "
+                                                  "unconditional half sees no control)", choices=("on", "off")),
     SampleOption("controlnets", "str", None, "more ControlNet runs on the same base, comma-separated (their "
                                              "controls follow this run's in --control)"),
 )
@@ -254,7 +257,7 @@ class ControlPipeline(Pipeline):
         return maps[:n].float()
 
     def sample(self, n=64, *, control=None, control_from=None, control_type=None, control_scale=None,
-               guess_mode=None, controlnets=None, cond=None, **kwargs) -> torch.Tensor:
+               guess_mode=None, guide_control=None, controlnets=None, cond=None, **kwargs) -> torch.Tensor:
         if control_from is not None:
             if control is not None or not str(control_from).startswith("test:"):
                 raise ConfigError("--control-from takes test:I or test:I-J, instead of --control")
@@ -268,6 +271,10 @@ class ControlPipeline(Pipeline):
             if control is None:
                 control = [default_controls(self, n, kwargs.get("labels"))] * len(pipe.controls)
             cond["image"] = pipe.control_images(n, control, control_type=control_type)
+        if guide_control in (True, "on"):  # the unconditional half without the control (and the class / prompt)
+            given = {"y": kwargs.get("labels") is not None or "y" in cond,
+                     "text": kwargs.get("prompt") is not None or "text" in cond}
+            kwargs["guidance_keys"] = [k for k, on in given.items() if on] + ["image"]
         net = ControlledUNet(self.net, pipe.controls, scales, guess_mode=guess_mode in (True, "on"))
         return Pipeline.sample(dataclasses.replace(pipe, net=net), n, cond=cond, **kwargs)
 
