@@ -3,6 +3,7 @@ in quality, how fidelity moves with the control scale, and how many images they 
 
     OMP_NUM_THREADS=2 python benchmarks/control.py /work/runs/cn/edges /work/runs/cn/skeleton \
         /work/runs/cn/lowres --n 2000 --n-scale 500 --grids docs/control
+    python benchmarks/control.py --curves runs/conv-* --plot docs/control/convergence.png
 
 For each run: sample i reads the control map of test image i mod (test size) (the run's own
 sampler, no class, seed i); the same extractor applied to the samples is compared with the
@@ -50,12 +51,44 @@ def quality(net, reference, x) -> dict:
     return {"fd_cnn": scores["fd_cnn"], "kid": scores["kid"]}
 
 
-def converged_at(run: Path) -> int | None:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "control_fidelity" in line]
+def fidelity_rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "control_fidelity" in line]
+
+
+def converged_at(run: Path, share: float = 0.95) -> int | None:
+    """Images seen when the training rows' control fidelity first reached ``share`` of its last."""
+    rows = fidelity_rows(run)
     if not rows:
         return None
     final = rows[-1]["control_fidelity"]
-    return next(r["images"] for r in rows if r["control_fidelity"] >= 0.95 * final)
+    return next(r["images"] for r in rows if r["control_fidelity"] >= share * final)
+
+
+def curves(runs: list[Path], plot: Path | None) -> None:
+    """Control fidelity against images seen, from each run's training rows: a table and a PNG."""
+    print("| run | first row | fidelity there | last row | fidelity there | 95 % of last at |")
+    print("|---|---|---|---|---|---|")
+    for run in runs:
+        rows = fidelity_rows(run)
+        print(f"| {run.name} | {rows[0]['images']:,} | {rows[0]['control_fidelity']:.3f} | {rows[-1]['images']:,} | "
+              f"{rows[-1]['control_fidelity']:.3f} | {converged_at(run):,} |")
+    if plot is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+        for run in runs:
+            rows = fidelity_rows(run)
+            ax.plot([r["images"] for r in rows], [r["control_fidelity"] for r in rows], marker="o", ms=3, label=run.name)
+        ax.set_xlabel("training images seen")
+        ax.set_ylabel("control fidelity (128 samples)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(plot)
 
 
 def main():
@@ -66,7 +99,11 @@ def main():
     parser.add_argument("--scales", default="0,0.25,0.5,0.75,1,1.5,2")
     parser.add_argument("--grids", type=Path, default=None, help="write control -> outputs grids here")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--curves", action="store_true", help="only the training curves of the runs (no sampling)")
+    parser.add_argument("--plot", type=Path, default=None, help="with --curves: the PNG of fidelity vs images seen")
     args = parser.parse_args()
+    if args.curves:
+        return curves(args.runs, args.plot)
     scales = [float(s) for s in args.scales.split(",")]
     results = []
     print("| run | control | row | fidelity | fd_cnn | KID | ms / image |")

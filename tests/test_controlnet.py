@@ -274,3 +274,27 @@ def test_a_controlnet_config_without_a_base_or_on_a_non_diffusion_run_fails_in_o
     with pytest.raises(ConfigError, match="control.type is required"):
         prepare(load_config("mnist-controlnet", [f"model.base={runs['root'] / 'base'}", "control.type=null",
                                                  "train.device=cpu"]), tmp_path / "b")
+
+
+def test_a_controlnet_on_a_latent_run_reads_pixel_controls_through_its_strided_hint_encoder(tmp_path):
+    import genmodels
+    from genmodels.config import load_config
+    from genmodels.train.run import train
+    from tests.test_autoencoder import TINY_AE
+    from tests.test_latent import TINY_LDM
+
+    few = ["train.images=64", "train.sample_every_images=100000", "train.checkpoint_every_images=100000"]
+    train(load_config("fashion-ae", TINY_AE + few + ["ae.disc_start_images=1000000", "ae.perceptual=none"]),
+          tmp_path / "ae")
+    train(load_config("fashion-ldm", TINY_LDM + few + [f"latent.autoencoder={tmp_path / 'ae'}"]), tmp_path / "ldm")
+    train(load_config("mnist-controlnet", ["data.name=digits", f"model.base={tmp_path / 'ldm'}", "control.type=lowres",
+                                           "train.batch_size=16", "train.device=cpu", "train.minutes=null",
+                                           "control.zero_lr_scale=10", *few]), tmp_path / "cn")
+    pipe, base = genmodels.load(tmp_path / "cn", device="cpu"), genmodels.load(tmp_path / "ldm", device="cpu")
+    control = pipe.controls[0]
+    assert control.factor == pipe.data_shape[-1] // pipe.latent_shape[-1] > 1
+    kw = dict(steps=2, labels=[0, 1], progress=False)
+    assert torch.equal(pipe.sample(2, control_scale=0, **kw), base.sample(2, **kw))
+    x = pipe.sample(2, **kw)
+    assert x.shape[1:] == pipe.data_shape and torch.isfinite(x).all()
+    assert pipe.config.latent.autoencoder == base.config.latent.autoencoder  # the base's sections, inherited

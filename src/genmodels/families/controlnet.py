@@ -278,9 +278,6 @@ class ControlPipeline(Pipeline):
         net = ControlledUNet(self.net, pipe.controls, scales, guess_mode=guess_mode in (True, "on"))
         return Pipeline.sample(dataclasses.replace(pipe, net=net), n, cond=cond, **kwargs)
 
-    def sample_settings(self, *, sampler=None, steps=None, eta=None) -> dict:
-        return Pipeline.sample_settings(self, sampler=sampler, steps=steps, eta=eta)
-
 
 @dataclass
 class DefaultControls:
