@@ -298,3 +298,18 @@ def test_a_controlnet_on_a_latent_run_reads_pixel_controls_through_its_strided_h
     x = pipe.sample(2, **kw)
     assert x.shape[1:] == pipe.data_shape and torch.isfinite(x).all()
     assert pipe.config.latent.autoencoder == base.config.latent.autoencoder  # the base's sections, inherited
+
+
+
+def test_gradients_reach_the_copy_and_the_hint_encoder_once_the_zero_convs_wake(runs):
+    """Zero convs block the gradient to everything before them at step one (their weights are
+    zero); after a few steps the copy and the hint encoder's first conv have moved off the base."""
+    from genmodels.families import load_run
+
+    root = runs["root"]
+    control = load_run(root / "edges", device="cpu", weights="model").modules["control"]
+    base = load_run(root / "base", device="cpu").modules["net"]
+    theirs = base.state_dict()
+    moved = [k for k, v in control.copy.state_dict().items() if not torch.equal(v, theirs[k])]
+    assert len(moved) > len(control.copy.state_dict()) // 2, moved
+    assert control.hint.layers[0].weight.abs().sum() > 0

@@ -15,7 +15,9 @@ never here. The network reads these keys of ``cond``, each only when built for i
 
 ``forward(..., residuals={"skips": [...], "mid": h})`` adds tensors to the skip connections and
 the middle block's output (what a ControlNet injects; ``skip_channels`` and ``skip_resolutions``
-give their shapes). With every option off the network, its weights' names and its speed are
+give their shapes). ``forward`` is ``embed`` (checks, embeddings, concatenated inputs) ->
+``encode`` (conv_in, down path, middle; ``hint=`` is added after conv_in) -> ``decode`` (up
+path, output): a ControlNet runs the first two on its trainable copy (``nn.controlnet``). With every option off the network, its weights' names and its speed are
 those of the plain U-Net.
 
 The defaults are ADM's layout at 1.4M parameters; the demo config uses a leaner, faster one
