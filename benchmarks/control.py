@@ -40,6 +40,36 @@ from genmodels.metrics.protocol import reference_features
 from genmodels.metrics.registry import EvalInputs, compute
 
 
+def drawn_strokes(size: int = 28) -> torch.Tensor:
+    """Eight one-pixel line drawings a person might sketch (a 7, a 0, an L, a Z, a 1, a 4, a plus,
+    a spiral-ish 6), as skeleton maps [8, 1, size, size] in [-1, 1]: controls no image produced."""
+    from PIL import Image, ImageDraw
+
+    s = size / 28
+    shapes = [
+        [("line", (7, 7, 21, 7)), ("line", (21, 7, 11, 22))],
+        [("ellipse", (8, 5, 20, 23))],
+        [("line", (9, 5, 9, 22)), ("line", (9, 22, 20, 22))],
+        [("line", (7, 6, 20, 6)), ("line", (20, 6, 7, 22)), ("line", (7, 22, 21, 22))],
+        [("line", (14, 4, 14, 23))],
+        [("line", (16, 4, 7, 17)), ("line", (7, 17, 21, 17)), ("line", (16, 4, 16, 23))],
+        [("line", (14, 6, 14, 22)), ("line", (6, 14, 22, 14))],
+        [("line", (18, 4, 9, 15)), ("ellipse", (8, 13, 19, 23))],
+    ]
+    out = []
+    for shape in shapes:
+        image = Image.new("L", (size, size), 0)
+        draw = ImageDraw.Draw(image)
+        for kind, box in shape:
+            box = tuple(round(v * s) for v in box)
+            if kind == "line":
+                draw.line(box, fill=255)
+            else:
+                draw.ellipse(box, outline=255)
+        out.append(torch.tensor(list(image.getdata()), dtype=torch.float32).view(1, size, size) / 127.5 - 1)
+    return torch.stack(out)
+
+
 def mean_se(values: torch.Tensor) -> tuple[float, float]:
     return values.mean().item(), (values.std() / math.sqrt(len(values))).item()
 
@@ -132,6 +162,12 @@ def main():
                 show = controls[:8].repeat(1, x.shape[1] // controls.shape[1], 1, 1)
                 more = pipe.sample(16, control=controls[:8].repeat(2, 1, 1, 1), seed=10_000, progress=False)
                 save_grid(torch.cat([show, x[:8], more]).clamp(-1, 1), args.grids / f"{run.name}.png", nrow=8, scale=2)
+        if kind in ("skeleton", "scribble") and args.grids is not None and pipe.data_shape[-1] == 28:
+            sketch = drawn_strokes()
+            if kind == "scribble":
+                sketch = (torch.nn.functional.max_pool2d((sketch > 0).float(), 3, 1, 1) > 0).float() * 2 - 1
+            drawn = pipe.sample(24, control=sketch.repeat(3, 1, 1, 1), seed=20_000, progress=False)
+            save_grid(torch.cat([sketch, drawn]).clamp(-1, 1), args.grids / f"{run.name}-drawn.png", nrow=8, scale=2)
         shuffled = controls.roll(1, 0)
         real = test.x[index]
         f, se = mean_se(control_fidelity(kind, real, shuffled))
