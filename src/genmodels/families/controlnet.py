@@ -249,8 +249,7 @@ class ControlPipeline(Pipeline):
         want = (channels, *self.data_shape[1:])
         if tuple(maps.shape[1:]) != want:
             raise ConfigError(f"control images must be {want[2]}x{want[1]} with {want[0]} channel(s) for this "
-                              f"{kind} ControlNet, got {tuple(maps.shape[1:])} (C, H, W); resize it, or pass a picture with "
-                              f"--control-type {kind} to extract the map")
+                              f"{kind} ControlNet, got {tuple(maps.shape[1:])} (C, H, W); resize it to {want[2]}x{want[1]}")
         if len(maps) == 1:
             maps = maps.expand(n, *want)
         elif len(maps) < n:  # fewer controls than samples: cycled
