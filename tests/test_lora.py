@@ -271,3 +271,26 @@ def test_cli_sample_with_lora_and_bad_targets(base_runs, tmp_path, capsys):
               "--out", str(tmp_path / "grid.png")])
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "was trained on" in err[0]
+
+
+QUICK = ["train.batch_size=16", "train.log_every_images=16", "train.sample_every_images=100000",
+         "train.checkpoint_every_images=100000", "train.warmup_images=0", "train.device=cpu", "train.images=32",
+         "train.minutes=null"]
+
+
+def test_vae_decoder_finetunes_and_a_gan_is_refused_with_one_line(tmp_path):
+    """The VAE objective is one phase: LoRA on its decoder's Linears trains like a diffusion run's.
+    A GAN alternates two optimizer steps (D, G): refused, pointing at the Python API."""
+    train(load_config("mnist-vae", QUICK + ["model.base_channels=4", "model.hidden=16"]), tmp_path / "vae")
+    train(finetune_config(tmp_path / "vae", rank=2, targets="vae.decoder.*", overrides=["train.images=32"]),
+          tmp_path / "vae-lora")
+    adapters = load_run(tmp_path / "vae-lora", device="cpu").modules["lora"].as_dict()
+    assert adapters and all(n.startswith("vae.decoder.") for n in adapters)
+    assert any(a.lora_B.abs().sum() > 0 for a in adapters.values())
+    x = load(tmp_path / "vae-lora", device="cpu").sample(2, seed=0)
+    assert x.shape == (2, 1, 28, 28)
+
+    train(load_config("mnist-dcgan", QUICK + ["model.base_channels=4", "gan.discriminator.base_channels=4"]),
+          tmp_path / "gan")
+    with pytest.raises(ConfigError, match="LoRA fine-tuning trains families with one optimizer step"):
+        train(finetune_config(tmp_path / "gan", targets="all", overrides=["train.images=16"]), tmp_path / "gan-lora")
