@@ -69,6 +69,7 @@ def main():
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--targets", default="attn,conv")
     parser.add_argument("--n", type=int, default=500)
+    parser.add_argument("--no-full", action="store_true", help="LoRA ranks only (no full fine-tune row)")
     parser.add_argument("--per-class", type=int, default=30)
     # label_dropout 0.9 (it must be < 1): 9 in 10 fine-tuning images train the null label, the one the
     # purity samples use; the other classes' labels are left to the base (kept measures how well)
@@ -85,13 +86,16 @@ def main():
     print(f"base {args.base}: {base_params:,} parameters; target class {args.target}; budget {args.images:,} "
           f"images of it; lr {args.lr}; {' '.join(args.set)}; LoRA targets {args.targets}; {args.n} unconditional samples "
           f"(+{args.per_class} per other class), the run's sampler\n")
+    train_split = load_dataset("mnist", split="train")
+    floor = fd(cnn.features(real_target), cnn.features(train_split.x[train_split.y == args.target][:args.n]))
+    print(f"fd_cnn of {args.n} training-set images of the class to the test split's: {floor:.2f}\n")
     print("| run | file | trainable | ms / train image | target purity | fd_cnn to the class | kept (other classes) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     purity, fd_cnn, kept = score(base_pipe, cnn, real_target, target=args.target, n=args.n,
                                  per_class=args.per_class, grid=args.out / "base.png")
     print(f"| base (no fine-tune) | {base_size / 1e6:.1f} MB | - | - | {purity:.3f} | {fd_cnn:.2f} | {kept:.3f} |",
           flush=True)
-    for rank in [*args.ranks, None]:
+    for rank in [*args.ranks, *([] if args.no_full else [None])]:
         name = "full" if rank is None else f"lora-r{rank}"
         run = args.out / name
         seconds = fine_tune(args.base, run, rank=rank, images=args.images, target=args.target, lr=args.lr,
