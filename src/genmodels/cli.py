@@ -22,6 +22,7 @@ EXAMPLES = {
               "  genmodels sample runs/t2i --prompt 'a thick 3 leaning left' --negative-prompt thin --guidance 4\n"
               "  genmodels sample runs/t2i --prompts prompts.txt --per-prompt 8 --guidance 3  (a row per line)\n"
               "  genmodels sample runs/cgan --class 7 --truncation 0.7    (GAN: BigGAN truncation of z)\n"
+              "  genmodels sample runs/mnist --lora a.safetensors:0.8 --lora b.safetensors:0.5   (LoRA adapters)\n"
               "  genmodels sample runs/stylegan --psi 0.7 --mix 3,8       (StyleGAN: truncation in w, mixing)",
     "show": "genmodels data show mnist --out mnist.png\n  genmodels data show 8gaussians --out toy.png",
     "demo": "genmodels demo --minutes 10 --out runs/demo",
@@ -190,11 +191,13 @@ class SampleCommand(click.Command):
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--lora", "lora", multiple=True, metavar="FILE[:WEIGHT]",
+              help="A LoRA adapter trained on this run, merged with WEIGHT (default 1); repeatable.")
 @click.option("--out", "out", default="samples.png", show_default=True,
               help="grid.png, samples.npz or a directory/ for one PNG per sample.")
 @click.pass_context
 def sample(ctx, run_dir, n, class_, per_class, prompt, negative_prompt, prompts_file, per_prompt, seed, batch_size,
-           weights, device, out):
+           weights, device, lora, out):
     from .build import resolve_device
     from .families import get_family, load
     from .images import write_samples
@@ -202,7 +205,7 @@ def sample(ctx, run_dir, n, class_, per_class, prompt, negative_prompt, prompts_
 
     # Under torchrun each rank draws its share of the batches; rank 0 writes them all.
     dist, rank_device = distributed.setup(resolve_device(device))
-    pipe = load(run_dir, device=rank_device, weights=weights)
+    pipe = load(run_dir, device=rank_device, weights=weights, lora=lora)
     options = family_options(ctx.meta["family_options"], get_family(pipe.config.family))
     labels, n, nrow = parse_classes(class_, n, per_class, pipe, pipe.num_classes(**options))
     prompt, n, nrow = parse_prompts(prompt, prompts_file, per_prompt, n, nrow)

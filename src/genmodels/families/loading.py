@@ -134,10 +134,17 @@ def load_run(run_dir, *, device="auto", weights="ema", family=None, channels_las
     return LoadedRun(run_dir, record, cfg, modules, device, bases)
 
 
-def load(run_dir, *, device="auto", weights="ema"):
+def load(run_dir, *, device="auto", weights="ema", lora=()):
     """Rebuild a trained model from ``run_dir`` (config.json + safetensors): its family's
-    pipeline, with ``sample(n, seed=)`` for every family."""
+    pipeline, with ``sample(n, seed=)`` for every family. ``lora``: LoRA adapter files merged into
+    its weights first, each ``(path, weight)`` or ``"path:weight"`` (``genmodels.lora``), refused
+    when trained on other weights than these."""
     run = load_run(run_dir, device=device, weights=weights)
+    if lora:
+        from ..lora import apply_adapters
+
+        weights_file = Path(run_dir) / WEIGHT_FILES[weights]
+        apply_adapters(run.modules, lora, weights_sha256={weights: file_sha256(weights_file)}, run_dir=run_dir)
     return get_family(run.config.family).load(run)
 
 
