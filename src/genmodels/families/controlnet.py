@@ -286,13 +286,19 @@ class DefaultControls:
     images: torch.Tensor
 
 
+def _test_split(pipe):
+    """The run's own test split (the data section's dataset, size and channels)."""
+    from ..data import load_dataset
+
+    data = pipe.config.data
+    return load_dataset(data.name, split="test", image_size=data.image_size, channels=data.channels)
+
+
 def default_controls(pipe, n: int, labels=None) -> DefaultControls:
     """Sample i reads test image i's control (cycled); with ``labels``, a test image of the class
     sample i is asked for (its (i // K)-th, cycled), so an evaluation asking for classes i mod K
     gets controls of those classes."""
-    from ..edit.cli import test_split
-
-    split = test_split(pipe)
+    split = _test_split(pipe)
     if labels is None or split.y is None:
         return DefaultControls(split.x[torch.arange(n) % len(split.x)])
     asked = [labels] * n if isinstance(labels, int) else [int(k) for k in labels]
@@ -327,9 +333,7 @@ def _scales(control_scale, count: int) -> list[float]:
 
 
 def _test_images(pipe, spec: str) -> torch.Tensor:
-    from ..edit.cli import test_split
-
-    split = test_split(pipe)
+    split = _test_split(pipe)
     body = spec[len("test:"):]
     try:
         lo, _, hi = body.partition("-")
