@@ -73,12 +73,25 @@ def read_adapter(path) -> AdapterFile:
     meta, config = json.loads(metadata["genmodels"]), json.loads(metadata["adapter_config"])
     adapters = {}
     for name in config["target_modules"]:
-        a, b = tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"], tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"]
+        keys = [f"{PEFT_PREFIX}{name}.lora_{part}.weight" for part in "AB"]
+        missing = [k for k in keys if k not in tensors]
+        if missing:
+            raise CheckpointError(f"LoRA adapter '{path}' lists '{name}' in its config but holds no {missing[0]}")
+        a, b = (tensors[k] for k in keys)
         adapter = LoraWeight((b.shape[0], *a.shape[1:]), rank=config["r"], alpha=config["lora_alpha"])
         adapter.lora_A.data.copy_(a)
         adapter.lora_B.data.copy_(b)
         adapters[name] = adapter.requires_grad_(False)
     return AdapterFile(path, adapters, meta, config)
+
+
+def by_module(adapters: dict) -> dict[str, dict]:
+    """{"net.mid.attn.qkv": a} -> {"net": {"mid.attn.qkv": a}}: the adapters of each run module."""
+    grouped = {}
+    for name, adapter in adapters.items():
+        module, _, rest = name.partition(".")
+        grouped.setdefault(module, {})[rest] = adapter
+    return grouped
 
 
 def parse_spec(text: str) -> tuple[str, float]:
@@ -104,16 +117,15 @@ def apply_adapters(modules: dict, specs, *, weights_sha256: dict, run_dir) -> li
         if weights_sha256.get(meta["base_weights"]) != meta["base_sha256"]:
             raise CheckpointError(f"LoRA adapter '{path}' was trained on {meta['base']} ({meta['base_weights']} "
                                   f"sha256 {meta['base_sha256'][:12]}...), not on the weights of '{run_dir}'")
-        by_module = {}
-        for name, layer in adapter.adapters.items():
-            module, _, rest = name.partition(".")
+        grouped = by_module(adapter.adapters)
+        for module, layers in grouped.items():
             if module not in modules:
-                raise ConfigError(f"LoRA adapter '{path}' adapts '{name}', but '{run_dir}' has no module '{module}'")
-            by_module.setdefault(module, {})[rest] = layer
-        for module, layers in by_module.items():
+                raise ConfigError(f"LoRA adapter '{path}' adapts '{module}.{next(iter(layers))}', but '{run_dir}' has "
+                                  f"no module '{module}'")
+        for module, layers in grouped.items():
             merge_weights(modules[module], layers, multiplier=weight)
         files.append(adapter)
     return files
 
 
-__all__ = ["AdapterFile", "PEFT_PREFIX", "apply_adapters", "parse_spec", "peft_config", "read_adapter", "save_adapter"]
+__all__ = ["AdapterFile", "PEFT_PREFIX", "apply_adapters", "by_module", "parse_spec", "peft_config", "read_adapter", "save_adapter"]

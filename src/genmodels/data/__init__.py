@@ -8,7 +8,7 @@
 """
 
 from genmodels.data.captions import CAPTION_STYLES, Captions, Prompts, caption_set, heldout_prompts, prompt_set
-from genmodels.data.datasets import DATASET_NAMES, SPLITS, Dataset, exclude_classes, load_dataset
+from genmodels.data.datasets import DATASET_NAMES, SPLITS, Dataset, exclude_classes, load_dataset, run_split
 from genmodels.data.folder import load_image_folder
 from genmodels.data.loader import InfiniteBatches, derive_seed
 from genmodels.data.toy import TOY_DISTRIBUTIONS, ToyDistribution
@@ -16,6 +16,7 @@ from genmodels.data.toy import TOY_DISTRIBUTIONS, ToyDistribution
 __all__ = [
     "Dataset",
     "load_dataset",
+    "run_split",
     "exclude_classes",
     "DATASET_NAMES",
     "SPLITS",

@@ -155,9 +155,8 @@ def control_fidelity(kind: str, outputs: Tensor, controls: Tensor, *, first_inde
     if kind == "mask":
         inter, union = (pred & target).sum(1).float(), (pred | target).sum(1).float()
         return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-    shape = got.shape
     near_target = (_dilate((controls.to(got) > 0).float()) > 0).flatten(1)
-    near_pred = (_dilate((got > 0).float().view(shape)) > 0).flatten(1)
+    near_pred = (_dilate((got > 0).float()) > 0).flatten(1)
     precision = (pred & near_target).sum(1) / pred.sum(1).clamp(min=1)
     recall = (target & near_pred).sum(1) / target.sum(1).clamp(min=1)
     f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)

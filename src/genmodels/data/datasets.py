@@ -44,6 +44,7 @@ from genmodels.data.toy import TOY_DISTRIBUTIONS
 from genmodels.errors import ConfigError, DataError
 
 __all__ = [
+    "run_split",
     "Dataset",
     "load_dataset",
     "DATASET_NAMES",
@@ -309,6 +310,12 @@ DATASET_NAMES: tuple[str, ...] = (*_BUILTIN_IMAGE_SETS, *_DRAWN_IMAGE_SETS, *TOY
                                   "edges:mnist", "edges:fashion")
 
 _SOBEL = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+
+
+def run_split(data, split: str = "test") -> Dataset:
+    """The ``split`` of a run's data section (``config.data``: its dataset, size and channels):
+    the held-out images every verb that reads "the run's test images" uses."""
+    return load_dataset(data.name, split=split, image_size=data.image_size, channels=data.channels)
 
 
 def sobel_edges(x: Tensor) -> Tensor:

@@ -19,10 +19,9 @@ __all__ = ["COMMANDS", "read_inputs"]
 
 def test_split(pipe):
     """The run's own test split (its data section's dataset, size and channels)."""
-    from ..data import load_dataset
+    from ..data import run_split
 
-    data = pipe.config.data
-    return load_dataset(data.name, split="test", image_size=data.image_size, channels=data.channels)
+    return run_split(pipe.config.data)
 
 
 def read_inputs(pipe, input_path, test: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -38,13 +38,16 @@ from pathlib import Path
 import torch
 
 from .. import build
-from ..data.control import control_channels, extract_control
+from ..config import from_dict
+from ..data import run_split
+from ..data.control import CONTROL_TYPES, control_channels, control_fidelity, extract_control
 from ..errors import ConfigError
 from ..images import save_grid
 from ..nn.controlnet import ControlledUNet, ControlNet
 from ..nn.unet import UNet
 from .base import LoadedRun, SampleOption, TrainContext, TrainParts, register
 from .diffusion import SAMPLE_OPTIONS, DiffusionFamily, Pipeline
+from .latent import latent_space
 from .loading import read_run_config
 
 BASE_FIELD = "model.base"
@@ -85,14 +88,12 @@ class ControlNetFamily(DiffusionFamily):
             raise ConfigError("model.base is required: a ControlNet steers a trained diffusion run; train one first "
                               "(e.g. genmodels train mnist-cfg --out runs/mnist-cfg) and pass model.base=runs/mnist-cfg")
         if cfg.control.type is None:
-            raise ConfigError(f"control.type is required: one of {', '.join(_control_types())}")
+            raise ConfigError(f"control.type is required: one of {', '.join(CONTROL_TYPES)}")
         saved = read_run_config(base)["config"]
         if saved.get("family") != "diffusion" or saved.get("model", {}).get("network") != "unet":
             raise ConfigError(f"model.base '{base}' is a {saved.get('family')} run with a "
                               f"{saved.get('model', {}).get('network')} network; a ControlNet needs a diffusion run "
                               "with a U-Net (model.network: unet)")
-        from ..config import from_dict
-
         inherited = from_dict({k: saved[k] for k in ("family", *INHERITED_SECTIONS) if k in saved})
         own = {k: getattr(cfg.diffusion, k) for k in OWN_DIFFUSION_FIELDS}
         for section in INHERITED_SECTIONS:
@@ -151,8 +152,6 @@ class ControlNetFamily(DiffusionFamily):
         late, "sudden convergence"), beside the proxy fd_cnn / KID."""
         if not (ctx.cfg.train.eval_every_images and ctx.dist.is_main):
             return None
-        from ..data.control import control_fidelity
-
         proxy = super()._evaluate(ctx, draw)
         kind, n = ctx.cfg.control.type, min(FIDELITY_N, len(ctx.dataset.cond["image"]))
 
@@ -163,8 +162,6 @@ class ControlNetFamily(DiffusionFamily):
         return evaluate
 
     def load(self, run: LoadedRun) -> ControlPipeline:
-        from .latent import latent_space
-
         path, param, _ = self.parts(run.config)
         base_net = _base_net(run.bases)
         return ControlPipeline(run.run_dir, run.config, base_net, path, param, run.data_shape, run.class_names,
@@ -174,12 +171,6 @@ class ControlNetFamily(DiffusionFamily):
 
     def verbs(self) -> list:
         return []
-
-
-def _control_types():
-    from ..data.control import CONTROL_TYPES
-
-    return tuple(CONTROL_TYPES)
 
 
 def _base_net(bases: dict) -> UNet:
@@ -286,19 +277,11 @@ class DefaultControls:
     images: torch.Tensor
 
 
-def _test_split(pipe):
-    """The run's own test split (the data section's dataset, size and channels)."""
-    from ..data import load_dataset
-
-    data = pipe.config.data
-    return load_dataset(data.name, split="test", image_size=data.image_size, channels=data.channels)
-
-
 def default_controls(pipe, n: int, labels=None) -> DefaultControls:
     """Sample i reads test image i's control (cycled); with ``labels``, a test image of the class
     sample i is asked for (its (i // K)-th, cycled), so an evaluation asking for classes i mod K
     gets controls of those classes."""
-    split = _test_split(pipe)
+    split = run_split(pipe.config.data)
     if labels is None or split.y is None:
         return DefaultControls(split.x[torch.arange(n) % len(split.x)])
     asked = [labels] * n if isinstance(labels, int) else [int(k) for k in labels]
@@ -333,7 +316,7 @@ def _scales(control_scale, count: int) -> list[float]:
 
 
 def _test_images(pipe, spec: str) -> torch.Tensor:
-    split = _test_split(pipe)
+    split = run_split(pipe.config.data)
     body = spec[len("test:"):]
     try:
         lo, _, hi = body.partition("-")

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..config import apply_overrides, from_dict, register_section
 from ..errors import ConfigError
-from ..lora import save_adapter
+from ..lora import by_module, save_adapter
 from ..nn.lora import adapter_parameters, attach, inject, merge_weights
 from .base import Family, LoadedRun, TrainContext, TrainParts, register
 from .loading import get_family, read_run_config
@@ -76,15 +76,6 @@ def as_base(cfg, base_family: str):
 
 def _base_config(cfg):
     return from_dict(read_run_config(base_dir(cfg))["config"])
-
-
-def by_module(adapters: dict) -> dict[str, dict]:
-    """{"net.mid.attn.qkv": a} -> {"net": {"mid.attn.qkv": a}}: the adapters of each run module."""
-    grouped = {}
-    for name, adapter in adapters.items():
-        module, _, rest = name.partition(".")
-        grouped.setdefault(module, {})[rest] = adapter
-    return grouped
 
 
 class _Frozen:

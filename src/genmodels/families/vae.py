@@ -17,6 +17,7 @@ import click
 import torch
 
 from ..config import register_section
+from ..data import run_split
 from ..errors import ConfigError, DataError
 from ..images import save_grid
 from ..nn import build_network
@@ -284,19 +285,12 @@ def _load_vae(run_dir, device, *, kind=VAEPipeline, what="a VAE (family: vae)") 
     return pipe
 
 
-def _test_split(pipe):
-    from ..data import load_dataset
-
-    data = pipe.config.data
-    return load_dataset(data.name, split="test", image_size=data.image_size, channels=data.channels)
-
-
 def read_image_arg(text: str, pipe, option: str):
     """--a/--b: a PNG path, or test:INDEX, an image of the run's held-out split."""
     from ..images import load_image
 
     if text.startswith("test:"):
-        test = _test_split(pipe)
+        test = run_split(pipe.config.data)
         try:
             index = int(text[5:])
         except ValueError:
@@ -341,7 +335,7 @@ def interpolate(run_dir, a, b, steps, method, device, out):
 @click.option("--out", "out", default="reconstructions.png", show_default=True)
 def reconstruct(run_dir, n, device, out):
     pipe = _load_vae(run_dir, device, kind=Reconstructor, what="a VAE or an autoencoder run")
-    x = _test_split(pipe).x[:n]
+    x = run_split(pipe.config.data).x[:n]
     inputs, recon = pipe.inputs(x).cpu(), pipe.reconstruct(x)
     per_row = min(8, len(x))
     rows = [t for start in range(0, len(x), per_row) for t in (inputs[start:start + per_row], recon[start:start + per_row])]

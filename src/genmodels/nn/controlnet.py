@@ -128,6 +128,9 @@ class ControlledUNet(nn.Module):
         self.cond_keys = frozenset(base.cond_keys) | {"image"}
         self.num_classes = base.num_classes  # what the null of "y" reads (genmodels.cond)
         self.control_channels = [c.control_channels for c in controls]
+        # each net's per-residual factors (skips, then the middle), computed once, not per step
+        self.depth_scales = [guess_mode_scales(c.num_skips) if guess_mode else [1.0] * (c.num_skips + 1)
+                             for c in controls]
 
     def null_cond(self, key, value):
         """The base's null of each key it reads (a learned null text); ``image``: zeros (the
@@ -145,15 +148,14 @@ class ControlledUNet(nn.Module):
         if image.shape[1] != sum(self.control_channels):
             raise ValueError(f"cond['image'] must hold {sum(self.control_channels)} channels (the control images of "
                              f"{len(self.controls)} ControlNet(s), concatenated), got {image.shape[1]}")
-        active = [(net, s, part) for net, s, part in zip(self.controls, self.scales,
-                                                         image.split(self.control_channels, dim=1)) if s != 0]
+        active = [(net, s, part, depth) for net, s, part, depth in
+                  zip(self.controls, self.scales, image.split(self.control_channels, dim=1), self.depth_scales) if s != 0]
         if not active:  # scale 0: the base alone, bit for bit
             return self.base(x, c_noise, cond)
         copy_cond = {k: v for k, v in cond.items() if k not in ("y", "text")} if self.guess_mode else cond
         total = None
-        for net, scale, part in active:
+        for net, scale, part, depth in active:
             r = net(x, c_noise, copy_cond, part)
-            depth = guess_mode_scales(net.num_skips) if self.guess_mode else [1.0] * (net.num_skips + 1)
             skips = [s * (scale * d) for s, d in zip(r["skips"], depth)]
             mid = r["mid"] * (scale * depth[-1])
             total = {"skips": skips, "mid": mid} if total is None else \
