@@ -8,6 +8,9 @@ from .images import save_grid, save_npz
 from .report import plot_loss, read_metrics, write_report
 
 DEMO_SAMPLES = dict(n=64, seed=0, sampler="ddim", steps=50)
+# the protocol's scores beside the recognisable share: at n = 1,000 their error is well below the
+# differences between samplers and settings (docs/EVALUATION.md), which 64 samples cannot resolve
+DEMO_SCORES = dict(metrics=("fd_cnn", "kid", "fd_ssl"), n=1000, seeds=(0,))
 
 
 def free_run_dir(base: Path) -> Path:
@@ -20,8 +23,10 @@ def free_run_dir(base: Path) -> Path:
     return Path(f"{base}-{i}")
 
 
-def make_report(run_dir, *, device="auto", sample_seconds=None) -> Path:
-    """Sample the demo grid from the EMA weights, plot the loss, score the samples, write HTML."""
+def make_report(run_dir, *, device="auto", sample_seconds=None, scores=DEMO_SCORES) -> Path:
+    """Sample the demo grid from the EMA weights, plot the loss, score the samples, write HTML.
+    ``scores``: the protocol evaluation shown beside the grid's recognisable share (MNIST; None
+    skips it)."""
     from .families import load
     from .metrics.classifier import recognisability
 
@@ -53,6 +58,8 @@ def make_report(run_dir, *, device="auto", sample_seconds=None) -> Path:
     if pipe.config.data.name == "mnist":
         score = recognisability(x, device=pipe.device)
         facts.update(score.as_facts())
+        if scores:
+            facts.update(protocol_facts(pipe, run_dir, **scores))
     what = "DDPM" if diffusion else pipe.config.family.upper()
     how = "DDIM, 50 steps, EMA weights" if diffusion else "EMA weights"
     return write_report(run_dir, title=f"genmodels: {what} on {pipe.config.data.name}",
@@ -60,7 +67,19 @@ def make_report(run_dir, *, device="auto", sample_seconds=None) -> Path:
                                  ("training loss", loss_png)], facts=facts)
 
 
-def run_demo(*, out=None, minutes=10.0, device="auto", overrides=()) -> Path:
+def protocol_facts(pipe, run_dir, *, metrics, n, seeds) -> dict:
+    """The evaluation protocol's scores (``genmodels.evaluate``) as report rows; logged in metrics.jsonl."""
+    from .metrics.protocol import evaluate
+
+    print(f"scoring {n:,} samples ({', '.join(metrics)})")
+    result = evaluate(pipe, run_dir=run_dir, metrics=list(metrics), n=n, seeds=seeds, batch_size=250)
+    label = {"fd_cnn": "fd_cnn (MNIST-CNN features)", "kid": "KID (MNIST-CNN features)",
+             "fd_ssl": "fd_ssl (self-supervised features)", "kid_ssl": "KID (self-supervised features)"}
+    where = f"n = {n:,}, {result.protocol['sampler']} {result.protocol['steps']} steps, vs all 5,000 MNIST images"
+    return {f"{label.get(k, k)}": f"{v:.4g} ({where})" for k, v in result.mean.items()}
+
+
+def run_demo(*, out=None, minutes=10.0, device="auto", overrides=(), scores=DEMO_SCORES) -> Path:
     """Train mnist-ddpm for ``minutes`` (plus config ``overrides``), then ``make_report``."""
     from .train.run import train
 
@@ -69,4 +88,4 @@ def run_demo(*, out=None, minutes=10.0, device="auto", overrides=()) -> Path:
     print(f"training a DDPM on MNIST for {minutes:g} minutes -> {run_dir}")
     train(cfg, run_dir)
     print("sampling 64 digits and writing the report")
-    return make_report(run_dir, device=device)
+    return make_report(run_dir, device=device, scores=scores)

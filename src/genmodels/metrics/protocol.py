@@ -77,7 +77,8 @@ def compare_images(real, fake, *, features="mnist", metrics=DEFAULT_IMAGE_METRIC
     real_f = net.features(real, convert=convert, progress=progress)
     fake_f, fake_logits = net.features_and_logits(fake, convert=convert, progress=progress)
     inputs = EvalInputs("image", samples=fake, real_features=real_f, fake_features=fake_f, fake_logits=fake_logits,
-                        fd_name=f"fd_{net.tag}", labels=labels)
+                        fd_name=f"fd_{net.tag}", labels=labels,
+                        dataset=features if isinstance(features, str) else None, real=real)  # fd_ssl's encoder
     scores = compute(metrics, inputs, options=metric_options)
     return {**scores, "features": net.name, "n_real": len(real), "n_fake": len(fake), "converted": converted}
 

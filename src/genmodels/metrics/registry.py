@@ -51,6 +51,7 @@ class EvalInputs:
     # attribute codes it states (genmodels.data.captions.Prompts), and the dataset (the judges' key)
     prompts: object = None
     dataset: str | None = None
+    real: torch.Tensor | None = None  # the real images compared against (compare_images); None: the reference split
 
 
 @dataclass(frozen=True)
@@ -211,7 +212,30 @@ METRICS["r_precision"] = Metric("r_precision", ("image",), _clip("r_precision"),
                                 "R-precision: a sample's prompt beats 9 random others in clip_<dataset> "
                                 "(chance 0.1)", ("samples", "prompts"), {"others": 9})
 
-ALIASES = {"fd": "fd_cnn", "fid": "fd_cnn", "rfd": "rfd_cnn"}
+def _ssl(inp, *, subsets=100, subset_size=1000):
+    """fd_ssl and kid_ssl: the samples against the dataset's reference split in its self-supervised
+    encoder's features (metrics/ssl.py), the judge that keeps within-class variation. Datasets
+    without an encoder recipe give nothing (like ``modes`` on a mixture without modes)."""
+    from .protocol import reference_features
+    from .ssl import SSL_RECIPES, ssl_feature_net
+
+    dataset = (inp.dataset or "").removeprefix("edges:")  # image pairs make images of the underlying set
+    if dataset not in SSL_RECIPES:
+        return {}
+    net = ssl_feature_net(dataset)
+    real = (reference_features(dataset, net, progress=False) if inp.real is None
+            else net.features(inp.real, convert=True))
+    fake = net.features(inp.samples.clamp(-1, 1), convert=True)
+    k = kid(real, fake, subsets=subsets, subset_size=min(subset_size, len(fake), len(real)), seed=inp.seed)
+    return {"fd_ssl": fd(real, fake), "kid_ssl": k.mean}
+
+
+METRICS["fd_ssl"] = Metric("fd_ssl", ("image",), _ssl, "Frechet distance and KID in the dataset's self-supervised "
+                           "(SimCLR) encoder's features: sees malformed shapes fd_cnn's classifier features "
+                           "miss (MNIST, Fashion-MNIST)", ("samples",), {"subsets": 100, "subset_size": 1000},
+                           default=True)
+
+ALIASES = {"fd": "fd_cnn", "fid": "fd_cnn", "rfd": "rfd_cnn", "kid_ssl": "fd_ssl"}
 
 
 def default_metrics(kind: str, *, conditional: bool = False, text: bool = False) -> tuple[str, ...]:
