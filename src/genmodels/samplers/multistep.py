@@ -81,7 +81,7 @@ def _add_sde_noise(x, noise, sigma_next, eta_h):
 def sample_dpmpp_3m_sde(denoiser, x, sigmas, *, eta=1.0, k_diffusion=False, noise=None, cond=None,
                         callback=None, progress=False):
     """DPM-Solver++(3M) SDE: the third-order multistep exponential integrator of the SDE whose
-    drift is scaled by eta (eta = 1: the SDE of DPM-Solver++ Sec. 4; eta = 0: the probability-flow
+    drift is scaled by eta (eta = 1: the reverse SDE, SDE-DPM-Solver++; eta = 0: the probability-flow
     ODE, i.e. DPM-Solver++(3M)). In half log-SNR lambda = -log sigma, with H = (1 + eta) h,
 
         x' = e^(-H) x + int_0^h (1 + eta) e^(-(1 + eta)(h - tau)) x0(lambda + tau) dtau
