@@ -155,9 +155,9 @@ def restart_branches(sigmas, plan, *, rho=7.0) -> dict:
     """Where ``sample_restart`` restarts on the grid ``sigmas``: {grid level: [(k, restart grid)]}.
 
     Each interval branches from the level nearest its sigma_min (in log sigma) among those a step
-    arrives at (not the grid's top, not 0) below its sigma_max, as the paper's code snaps t_min to
-    the main grid; its restart grid descends from sigma_max to that level in ``steps`` Karras
-    steps (Eq. 5 with ``rho``). An interval above the grid's top, or with no level below its
+    arrives at (not the grid's top, not 0) below its sigma_max: the restart starts on the main
+    grid, as common implementations snap t_min to it; its restart grid descends from sigma_max to
+    that level in ``steps`` Karras steps (Eq. 5 with ``rho``). An interval above the grid's top, or with no level below its
     sigma_max, is never reached and is left out."""
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
     arrivals = sigmas[1:][sigmas[1:] > 0]
