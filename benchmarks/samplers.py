@@ -12,6 +12,11 @@ network evaluation. Prints a markdown table and saves a plot (quality vs NFE per
     python benchmarks/samplers.py runs/demo --out docs/samplers.png
     python benchmarks/samplers.py runs/demo --nfe 5 10 --samplers ddim dpmpp_2m --no-peer
     python benchmarks/samplers.py runs/demo --samplers heun euler --spacing karras --sigma-max 80
+    python benchmarks/samplers.py runs/demo --samplers dpmpp_3m_sde restart --spacing default --no-peer
+
+``--spacing default`` gives each sampler its own default grid (samplers.DEFAULT_GRIDS, else the
+path's). A sampler's steps are the most whose evaluations (samplers.evaluations) fit the NFE;
+the table shows the evaluations spent (restart's passes need at least 2 N - 1 + 8).
 """
 
 import argparse
@@ -22,7 +27,7 @@ import torch
 import genmodels
 from genmodels.diffusion import sigma_grid
 from genmodels.metrics.classifier import recognisability
-from genmodels.samplers import SAMPLERS, SeededNoise, run_sampler
+from genmodels.samplers import SAMPLERS, SeededNoise, evaluations, grid_settings, run_sampler
 
 DETERMINISTIC = {"ddim", "euler", "heun", "dpmpp_2m", "unipc"}
 PEERS = {  # our sampler -> (diffusers scheduler, its options)
@@ -36,12 +41,20 @@ PEERS = {  # our sampler -> (diffusers scheduler, its options)
 
 
 def steps_for(name, nfe):
-    return (nfe + 1) // 2 if name == "heun" else nfe
+    """The most steps whose network evaluations fit ``nfe`` (at least 1)."""
+    steps = 1
+    while evaluations(name, steps + 1) <= nfe:
+        steps += 1
+    return steps
+
+
+def grid_for(name, spacing, sigma_max):
+    return grid_settings(name, None, sigma_max) if spacing == "default" else {"spacing": spacing, "sigma_max": sigma_max}
 
 
 def our_run(pipe, name, nfe, x_T, noise_seeds, spacing, sigma_max=None):
     steps = steps_for(name, nfe)
-    sigmas = sigma_grid(pipe.path, steps, spacing=spacing, sigma_max=sigma_max)
+    sigmas = sigma_grid(pipe.path, steps, **grid_for(name, spacing, sigma_max))
     noise = SeededNoise(noise_seeds, pipe.data_shape)
     x = x_T * pipe.path.prior_std(sigmas[0]).item()
     start = time.perf_counter()
@@ -128,13 +141,13 @@ def main():
                 out, secs = our_run(pipe, name, nfe, x_T, noise_seeds, args.spacing, args.sigma_max)
                 rmse = (out - ref).square().mean().sqrt().item() if name in DETERMINISTIC else float("nan")
                 recog = judge(out)
-                curves.setdefault(name, []).append((nfe, recog))
+                curves.setdefault(name, []).append((evaluations(name, steps_for(name, nfe)), recog))
                 peer = " | | "
-                if not args.no_peer and name in PEERS and args.sigma_max is None:
+                if not args.no_peer and name in PEERS and args.sigma_max is None and args.spacing != "default":
                     theirs, their_s = peer_run(pipe, name, nfe, x_T, args.spacing)
                     their_rmse = (theirs - ref).square().mean().sqrt().item() if name in DETERMINISTIC else float("nan")
                     peer = f"{their_s:.2f} | {their_rmse:.4f} | {judge(theirs):.0f}"
-                print(f"| {name} | {nfe} | {secs:.2f} | {recog:.0f} | {rmse:.4f} | {peer} | {overhead:.2f} |",
+                print(f"| {name} | {evaluations(name, steps_for(name, nfe))} | {secs:.2f} | {recog:.0f} | {rmse:.4f} | {peer} | {overhead:.2f} |",
                       flush=True)
     if args.out:
         import matplotlib

@@ -51,7 +51,11 @@ def karras_sigmas(sigma_max: float, sigma_min: float, steps: int, rho: float = 7
     """Karras et al. 2022, Eq. 5: uniform in sigma^(1/rho), descending from sigma_max to sigma_min."""
     ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
     hi, lo = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
-    return (hi + ramp * (lo - hi)) ** rho
+    sigmas = (hi + ramp * (lo - hi)) ** rho
+    # the ends exactly: the power and its inverse round, and a start at sigma_max (start_sigma,
+    # a restart's noise up to it) must find the grid's top there
+    sigmas[-1], sigmas[0] = sigma_min, sigma_max  # in this order: one step is sigma_max
+    return sigmas
 
 
 def logsnr_sigmas(sigma_max: float, sigma_min: float, steps: int) -> torch.Tensor:

@@ -80,9 +80,10 @@ SAMPLE_OPTIONS = (
                  choices=lambda: tuple(SAMPLERS)),
     SampleOption("steps", "int", None, "sampling steps, default the run's (network evaluations; heun uses 2 "
                                        "per step but the last)"),
-    SampleOption("eta", "float", None, "ancestral noise (ddim, euler_ancestral, dpmpp_2m_sde)"),
-    SampleOption("spacing", "choice", None, "noise grid: timestep spacings, or noise-level ones (karras, logsnr)",
-                 choices=TIMESTEP_SPACINGS + SIGMA_SPACINGS),
+    SampleOption("eta", "float", None, "ancestral noise (ddim, euler_ancestral, dpmpp_2m_sde, dpmpp_3m_sde)"),
+    SampleOption("spacing", "choice", None, "noise grid: timestep spacings, or noise-level ones (karras, logsnr); "
+                                            "default the sampler's own (dpmpp_3m_sde: trailing, restart: karras "
+                                            "from 80), else the path's", choices=TIMESTEP_SPACINGS + SIGMA_SPACINGS),
     SampleOption("sigma_max", "float", None, "top noise level of karras/logsnr grids (EDM: 80)"),
     SampleOption("guidance", "float", None, "classifier-free guidance scale w (1 conditional, the default; "
                                             "0 unconditional)"),
@@ -96,6 +97,10 @@ SAMPLE_OPTIONS = (
     SampleOption("order", "int", None, "UniPC order (1-3)"),
     SampleOption("snr", "float", None, "pc: the Langevin corrector's signal-to-noise ratio (0.16)"),
     SampleOption("corrector_steps", "int", None, "pc: Langevin steps per noise level (1)"),
+    SampleOption("restart_interval", "interval", None, "restart: LO,HI, the sigma interval to restart in "
+                                                       "(0.06,0.30)"),
+    SampleOption("restart_k", "int", None, "restart: restarts of the interval (2)"),
+    SampleOption("restart_steps", "int", None, "restart: Heun steps per restart pass (2)"),
 )
 
 

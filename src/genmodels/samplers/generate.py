@@ -16,7 +16,7 @@ from ..diffusion import sigma_grid
 from ..errors import ConfigError
 from ..train.distributed import Dist
 from .base import SeededNoise
-from .registry import run_sampler
+from .registry import grid_settings, run_sampler
 
 
 def start_index(sigmas: torch.Tensor, *, strength: float | None = None, start_sigma: float | None = None) -> torch.Tensor:
@@ -51,6 +51,8 @@ def generate(denoiser, path, *, shape, seeds, sampler="ddim", steps=50, eta=None
              dist: Dist = Dist()) -> torch.Tensor:
     """Draw one sample per seed; sample i depends only on seeds[i] (and its conditioning).
 
+    ``spacing`` / ``sigma_max``: the grid (``sigma_grid``); without a spacing, the sampler's own
+    default grid where it has one (``samplers.DEFAULT_GRIDS``), else the path's.
     ``cond``: conditioning values with one row per seed (``genmodels.cond``), sliced per batch.
     ``options`` go to the sampler (e.g. ``s_churn`` for heun, ``order`` for unipc, ``rtol`` for
     rk45). Starts from x_1 ~ N(0, 1) at the grid's top, in VE coordinates x = x_1 / alpha, unless:
@@ -79,7 +81,7 @@ def generate(denoiser, path, *, shape, seeds, sampler="ddim", steps=50, eta=None
     batches one process would draw, and every rank returns all samples: the result equals one
     process's. Returns float32 on the CPU, shape [len(seeds), *shape].
     """
-    sigmas = sigma_grid(path, steps, spacing=spacing, sigma_max=sigma_max)
+    sigmas = sigma_grid(path, steps, **grid_settings(sampler, spacing, sigma_max))
     full_top = sigmas[0]
     seeds = list(seeds)
     mid_way = x_start is not None or init_images is not None

@@ -32,6 +32,12 @@ def sample_heun(denoiser, x, sigmas, *, s_churn=0.0, s_tmin=0.0, s_tmax=math.inf
                 noise=None, cond=None, callback=None, progress=False):
     """EDM Algorithm 2: Euler predictor, trapezoidal corrector with a second evaluation at
     sigma_next; the last step (to sigma = 0) is plain Euler. 2 N - 1 evaluations for N steps."""
+    return sample_loop(heun_step(denoiser, cond), denoiser, x, sigmas, cond=cond, callback=callback,
+                       progress=progress, churn=_churn(noise, x, sigmas, s_churn, s_tmin, s_tmax, s_noise))
+
+
+def heun_step(denoiser, cond=None):
+    """The step of ``sample_heun`` for ``sample_loop`` (it makes the second evaluation itself)."""
 
     def step(x, denoised, sigma, sigma_next):
         d = to_d(x, denoised, sigma)
@@ -41,8 +47,7 @@ def sample_heun(denoiser, x, sigmas, *, s_churn=0.0, s_tmin=0.0, s_tmax=math.inf
         d_next = to_d(x_euler, denoiser(x_euler, sigma_next, cond), sigma_next)
         return x + (d + d_next) / 2 * (sigma_next - sigma)
 
-    return sample_loop(step, denoiser, x, sigmas, cond=cond, callback=callback, progress=progress,
-                       churn=_churn(noise, x, sigmas, s_churn, s_tmin, s_tmax, s_noise))
+    return step
 
 
 # Dormand & Prince 1980, RK5(4)7FM: nodes, stage weights, 5th-order weights, and the difference

@@ -1,12 +1,16 @@
 """Stochastic samplers: DDIM with eta (Song et al. 2021) and DDPM's ancestral sampler (Ho et al.
 2020, Algorithm 2); the score-SDE samplers of Song et al. 2021 (Euler-Maruyama on the reverse
-SDE, predictor-corrector with a Langevin corrector)."""
+SDE, predictor-corrector with a Langevin corrector); Restart sampling (Xu et al. 2023)."""
+
+import math
 
 import torch
 
 from ..diffusion.denoiser import score
+from ..diffusion.sigmas import karras_sigmas
 from ..errors import ConfigError
 from .base import ancestral_split, sample_loop
+from .ode import heun_step
 
 
 def sample_ddim(denoiser, x, sigmas, *, eta=0.0, noise=None, cond=None, callback=None, progress=False):
@@ -122,3 +126,90 @@ def sample_pc(denoiser, x, sigmas, *, snr=0.16, corrector_steps=1, step_rule="si
                                  cond=cond) if corrector_steps else None
     return sample_loop(reverse_diffusion_step(noise), denoiser, x, sigmas, cond=cond, churn=correct,
                        callback=callback, progress=progress)
+
+
+def restart_plan(*, restart_interval=(0.06, 0.30), restart_k=2, restart_steps=2, restarts=None) -> list:
+    """The restart intervals of ``sample_restart`` as [(sigma_min, sigma_max, k, steps), ...]:
+    ``restarts`` when given, else the one interval ``restart_interval`` with ``restart_k`` and
+    ``restart_steps``; validated."""
+    if restarts is None:
+        if restart_interval is None or len(restart_interval) != 2:
+            raise ConfigError(f"restart_interval must be (sigma_min, sigma_max), got {restart_interval!r}")
+        restarts = [(*restart_interval, restart_k, restart_steps)]
+    plan = []
+    for entry in restarts:
+        try:
+            lo, hi, k, steps = entry
+            lo, hi = float(lo), float(hi)
+        except (TypeError, ValueError):
+            raise ConfigError(f"a restart is (sigma_min, sigma_max, k, steps), got {entry!r}") from None
+        if not 0 < lo < hi:
+            raise ConfigError(f"a restart interval needs 0 < sigma_min < sigma_max, got [{lo}, {hi}]")
+        if int(k) != k or k < 0 or int(steps) != steps or steps < 1:
+            raise ConfigError(f"a restart needs an integer k >= 0 and steps >= 1, got k={k}, steps={steps}")
+        plan.append((lo, hi, int(k), int(steps)))
+    return plan
+
+
+def restart_branches(sigmas, plan, *, rho=7.0) -> dict:
+    """Where ``sample_restart`` restarts on the grid ``sigmas``: {grid level: [(k, restart grid)]}.
+
+    Each interval branches from the level nearest its sigma_min (in log sigma) among those a step
+    arrives at (not the grid's top, not 0) below its sigma_max: the restart starts on the main
+    grid, as common implementations snap t_min to it; its restart grid descends from sigma_max to
+    that level in ``steps`` Karras steps (Eq. 5 with ``rho``). An interval above the grid's top, or with no level below its
+    sigma_max, is never reached and is left out."""
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64).cpu()
+    arrivals = sigmas[1:][sigmas[1:] > 0]
+    branches = {}
+    for lo, hi, k, steps in plan:
+        below = arrivals[arrivals < hi]
+        if k == 0 or lo > sigmas[0] or len(below) == 0:
+            continue
+        level = below[(below.log() - math.log(lo)).abs().argmin()]
+        grid = karras_sigmas(hi, float(level), steps + 1, rho)
+        branches.setdefault(float(level), []).append((k, grid))
+    return branches
+
+
+def restart_evaluations(steps, *, sigmas=None, rho=7.0, **plan) -> int:
+    """Network evaluations of ``sample_restart``: 2 N - 1 for the N main Heun steps, plus 2 per
+    Heun step of each restart pass. Without the grid ``sigmas`` every interval counts as reached."""
+    if sigmas is None:
+        extra = sum(k * steps_r for _, _, k, steps_r in restart_plan(**plan))
+    else:
+        extra = sum(k * (len(grid) - 1) for runs in restart_branches(sigmas, restart_plan(**plan), rho=rho).values()
+                    for k, grid in runs)
+    return 2 * steps - 1 + 2 * extra
+
+
+def sample_restart(denoiser, x, sigmas, *, restart_interval=(0.06, 0.30), restart_k=2, restart_steps=2,
+                   restarts=None, rho=7.0, noise=None, cond=None, callback=None, progress=False):
+    """Restart sampling (Xu et al. 2023, "Restart Sampling for Improving Generative Processes",
+    Algorithm 1): Heun steps of the probability-flow ODE down the grid (EDM Algorithm 2, the
+    last step Euler); on reaching the level sigma_min of a restart interval, K times: add forward
+    noise back up to sigma_max, x <- x + sqrt(sigma_max^2 - sigma_min^2) z (in VE coordinates
+    exactly the forward process), and integrate the ODE back down to sigma_min in ``steps``
+    Heun steps. The noise contracts the error the coarse ODE steps accumulated above sigma_min
+    (the paper's Theorem 2) while the ODE keeps each pass's error small.
+
+    The interval is ``restart_interval`` = (sigma_min, sigma_max) with ``restart_k`` passes of
+    ``restart_steps`` steps; ``restarts`` = [(sigma_min, sigma_max, k, steps), ...] gives several
+    instead. Where they branch: ``restart_branches``. The restart passes happen inside the main
+    step that arrives at sigma_min, so the step callback sees the grid's steps only, after the
+    restarts. Evaluations: 2 N - 1 + 2 sum(k * steps) (``restart_evaluations``).
+    """
+    branches = restart_branches(sigmas, restart_plan(restart_interval=restart_interval, restart_k=restart_k,
+                                                     restart_steps=restart_steps, restarts=restarts), rho=rho)
+    noise = noise or (lambda: torch.randn_like(x))
+    ode_step = heun_step(denoiser, cond)
+
+    def step(x, denoised, sigma, sigma_next):
+        x = ode_step(x, denoised, sigma, sigma_next)
+        for k, grid in branches.get(float(sigma_next), ()):
+            for _ in range(k):
+                x = x + noise() * (grid[0] ** 2 - grid[-1] ** 2).sqrt()
+                x = sample_loop(ode_step, denoiser, x, grid, cond=cond)
+        return x
+
+    return sample_loop(step, denoiser, x, sigmas, cond=cond, callback=callback, progress=progress)
