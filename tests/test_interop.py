@@ -208,3 +208,19 @@ def test_missing_diffusers_is_one_line_naming_the_install(tmp_path, monkeypatch)
     monkeypatch.setitem(sys.modules, "diffusers", None)  # `import diffusers` now raises ImportError
     with pytest.raises(GenmodelsError, match=r"pip install diffusers .*genmodels\[peers\]"):
         from_diffusers(tmp_path / "unet", {"num_train_timesteps": 1000})
+
+
+def test_eval_scores_a_diffusers_folder_by_the_protocol(tmp_path, capsys):
+    """`genmodels eval diffusers:FOLDER@digits`: the protocol's likelihood (the DDPM bound on
+    our path) runs on the diffusers model against the named dataset at the model's size."""
+    import json
+
+    diffusers.DDPMPipeline(tiny_unet(5), diffusers.DDPMScheduler(clip_sample=False)).save_pretrained(tmp_path / "m")
+    code, out, err = run_cli(["eval", f"diffusers:{tmp_path / 'm'}@digits", "--metrics", "nll", "--nll-n", 4,
+                              "--nll-steps", 4, "--seeds", 0, "--device", "cpu", "--json", "--no-log"], capsys)
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert np.isfinite(result["nll_bpd"]) and result["nll_bpd"] > 0
+    code, _, err = run_cli(["eval", f"diffusers:{tmp_path / 'm'}", "--metrics", "fd_cnn", "--n", 4, "--seeds", 0,
+                            "--device", "cpu", "--no-log"], capsys)
+    assert code == 2 and "dataset 'diffusers' has no built-in" in err

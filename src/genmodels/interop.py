@@ -220,7 +220,10 @@ def from_diffusers(model, scheduler=None, *, data: str | None = None, num_classe
     net = DiffusersUNet(model, num_classes=num_classes).to(device).eval().requires_grad_(False)
     size = model.config.sample_size
     size = (size, size) if isinstance(size, int) else tuple(size)
-    cfg = Config(family="diffusion", data=DataConfig(name=data or "diffusers"),
+    # the data section: what evaluation compares with, at the model's resolution and channels
+    data_cfg = DataConfig(name=data or "diffusers", image_size=size[0] if size[0] == size[1] else None,
+                          channels=net.channels)
+    cfg = Config(family="diffusion", data=data_cfg,
                  model=ModelConfig(network="diffusers", options={} if net.num_classes is None
                                    else {"num_classes": net.num_classes}))
     d = cfg.diffusion  # recorded for what reads the run's config (the evaluation protocol, reports)
@@ -231,10 +234,14 @@ def from_diffusers(model, scheduler=None, *, data: str | None = None, num_classe
 
 
 def _load_source(location: str, *, device="auto") -> Pipeline:
-    return from_diffusers(location, device=device)
+    """``FOLDER`` or ``FOLDER@DATASET`` (the genmodels dataset it was trained on, for ``eval``)."""
+    folder, at, data = location.rpartition("@")
+    if not at or Path(location).is_dir():
+        folder, data = location, None
+    return from_diffusers(folder, data=data, device=device)
 
 
-SOURCES["diffusers"] = _load_source  # genmodels.load("diffusers:FOLDER"), the CLI's RUN arguments
+SOURCES["diffusers"] = _load_source  # genmodels.load("diffusers:FOLDER[@DATASET]"), the CLI's RUN arguments
 
 __all__ = ["BETA_SCHEDULES", "DiffusersUNet", "PREDICTIONS", "from_diffusers", "load_unet", "schedule_from_scheduler",
            "scheduler_settings"]
