@@ -69,9 +69,9 @@ def test_ddim_matches_diffusers_ddim_pipeline(prediction, schedule, spacing, off
                                     beta_start=0.00085 if sd else 0.0001, beta_end=0.012 if sd else 0.02)
     n, steps = 3, 10
     feed_noise(monkeypatch, seeded_draws(0, n, 1), ddim_pipeline_module)
-    theirs = diffusers.DDIMPipeline(unet, sched)(batch_size=n, num_inference_steps=steps, eta=0.0,
-                                                 output_type="pt").images
-    pipe = from_diffusers(unet, sched, device="cpu")
+    ddim = diffusers.DDIMPipeline(unet, sched)
+    theirs = ddim(batch_size=n, num_inference_steps=steps, eta=0.0, output_type="pt").images
+    pipe = from_diffusers(ddim, device="cpu")  # a pipeline object: its unet and scheduler
     ours = pipe.sample(n, seed=0, sampler="ddim", steps=steps)
     assert (ours - 2 * theirs + 1).abs().max() < 2e-4
     assert ours.std() > 0.3  # not a trivially flat image

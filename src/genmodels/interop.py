@@ -89,8 +89,9 @@ class DiffusersUNet(nn.Module):
         cond = check_reads(cond, self.cond_keys, who="this diffusers UNet2DModel")
         if self.num_class_embeds is not None and "y" not in cond:
             raise ConfigError("this diffusers UNet2DModel is class-conditional: pass labels (CLI: --class K)")
-        out = self.unet(x, c_noise.to(x.dtype), class_labels=cond.get("y"), return_dict=False)[0]
-        return out[:, :self.channels]
+        dtype = self.unet.dtype  # a half-precision UNet computes in its own dtype
+        out = self.unet(x.to(dtype), c_noise.to(dtype), class_labels=cond.get("y"), return_dict=False)[0]
+        return out[:, :self.channels].to(x.dtype)
 
     def null_cond(self, key, value):
         """The null class (``num_classes``) when the embedding has a row for it."""
@@ -159,8 +160,8 @@ def _folders(folder: Path) -> tuple[Path, Path | None]:
         raise ConfigError(f"diffusers model folder '{folder}' does not exist")
     unet = folder / "unet" if (folder / "model_index.json").is_file() else folder
     if not (unet / "config.json").is_file():
-        raise ConfigError(f"'{unet}' holds no diffusers model (config.json is missing); give the folder a "
-                          "UNet2DModel or a pipeline was saved to with save_pretrained")
+        raise ConfigError(f"'{unet}' holds no diffusers model (config.json is missing); give a folder that a "
+                          "UNet2DModel or a DDPM/DDIM pipeline was saved to with save_pretrained")
     for candidate in (folder / "scheduler" / SCHEDULER_FILE, folder / SCHEDULER_FILE, unet / SCHEDULER_FILE):
         if candidate.is_file():
             return unet, candidate
@@ -193,15 +194,18 @@ def load_unet(folder):
 def from_diffusers(model, scheduler=None, *, data: str | None = None, num_classes: int | None = None,
                    device="auto") -> Pipeline:
     """A genmodels diffusion ``Pipeline`` over a diffusers UNet2DModel (``model``: the module,
-    or a folder saved with ``save_pretrained``: a UNet's, or a DDPM/DDIM pipeline's) and the
+    a DDPM/DDIM pipeline object, or a folder either was saved to with ``save_pretrained``) and the
     scheduler it was trained with (``scheduler``: a diffusers scheduler, its config dict, or a
-    folder / scheduler_config.json; default: the one saved in ``model``'s folder).
+    folder / scheduler_config.json; default: the pipeline's, or the one saved in the folder).
+    A module given is used as it is: moved to ``device``, in eval mode, without gradients.
 
     ``data``: the genmodels dataset the model was trained on (e.g. "mnist"), which ``evaluate``
     compares its samples with; ``num_classes``: see ``DiffusersUNet``. The pipeline's
     ``denoiser`` is D(x, sigma, cond) in VE coordinates, ``sample(n, seed=, sampler=, steps=)``
     samples with any genmodels sampler (default grid: the scheduler's timestep_spacing)."""
     run_dir = None
+    if hasattr(model, "unet") and hasattr(model, "scheduler"):  # a diffusers pipeline object
+        model, scheduler = model.unet, model.scheduler if scheduler is None else scheduler
     if isinstance(model, (str, Path)):
         run_dir = Path(model)
         _, saved = _folders(run_dir)
