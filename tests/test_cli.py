@@ -50,7 +50,7 @@ def test_unknown_config_key(tmp_path, capsys):
 
 def test_bad_config_value(tmp_path, capsys):
     code, _, err = run_cli(["train", "toy-ddpm", "diffusion.schedule=quadratic", "--out", tmp_path / "r"], capsys)
-    assert_one_line_error(code, err, "diffusion.schedule", "linear, cosine")
+    assert_one_line_error(code, err, "diffusion.schedule", "linear, scaled_linear, cosine")
     code, _, err = run_cli(["train", "toy-ddpm", "train.lr=fast", "--out", tmp_path / "r"], capsys)
     assert_one_line_error(code, err, "train.lr", "must be float")
 

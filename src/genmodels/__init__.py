@@ -17,6 +17,14 @@ def load_classifier(run_dir, **kwargs):
     return _load_classifier(run_dir, **kwargs)
 
 
+def from_diffusers(model, scheduler=None, **kwargs):
+    """A diffusers UNet2DModel (or its save_pretrained folder) and its scheduler as a diffusion
+    pipeline: ``genmodels.from_diffusers("ddpm-folder").sample(16, sampler="dpmpp_2m", steps=20)``."""
+    from .interop import from_diffusers as _from_diffusers
+
+    return _from_diffusers(model, scheduler, **kwargs)
+
+
 def evaluate(run_dir, **kwargs):
     """Score a run by the evaluation protocol (docs/EVALUATION.md):
     ``genmodels.evaluate("runs/mnist", metrics=["fd_cnn", "kid"], n=1000, seeds=[0, 1]).mean``."""
@@ -25,4 +33,4 @@ def evaluate(run_dir, **kwargs):
     return evaluate_run(run_dir, **kwargs)
 
 
-__all__ = ["__version__", "load", "load_classifier", "evaluate"]
+__all__ = ["__version__", "load", "load_classifier", "from_diffusers", "evaluate"]

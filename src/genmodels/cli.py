@@ -23,7 +23,8 @@ EXAMPLES = {
               "  genmodels sample runs/t2i --prompts prompts.txt --per-prompt 8 --guidance 3  (a row per line)\n"
               "  genmodels sample runs/cgan --class 7 --truncation 0.7    (GAN: BigGAN truncation of z)\n"
               "  genmodels sample runs/mnist --lora a.safetensors:0.8 --lora b.safetensors:0.5   (LoRA adapters)\n"
-              "  genmodels sample runs/stylegan --psi 0.7 --mix 3,8       (StyleGAN: truncation in w, mixing)",
+              "  genmodels sample runs/stylegan --psi 0.7 --mix 3,8       (StyleGAN: truncation in w, mixing)\n"
+              "  genmodels sample diffusers:hf/ddpm --sampler dpmpp_2m --steps 20   (a diffusers save_pretrained folder)",
     "show": "genmodels data show mnist --out mnist.png\n  genmodels data show 8gaussians --out toy.png",
     "demo": "genmodels demo --minutes 10 --out runs/demo",
     "report": "genmodels report runs/mnist",

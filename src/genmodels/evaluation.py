@@ -13,7 +13,9 @@ def evaluate_run(run_dir, *, device="auto", weights="ema", **options) -> EvalRes
     """Load ``run_dir`` with ``weights`` on ``device`` and evaluate it; ``options`` are those of
     ``protocol.evaluate`` (metrics, n, seeds, sampler, steps, eta, features, nll_*, batch_size,
     progress, log, proxy)."""
-    return evaluate(load(run_dir, device=device, weights=weights), run_dir=run_dir, weights=weights, **options)
+    pipe = load(run_dir, device=device, weights=weights)
+    # the pipeline's own directory: a "diffusers:FOLDER" source logs into FOLDER
+    return evaluate(pipe, run_dir=getattr(pipe, "run_dir", None) or run_dir, weights=weights, **options)
 
 
 __all__ = ["EvalResult", "evaluate_run"]

@@ -147,6 +147,33 @@ class EDMPreconditioning(Parameterization):
         return 1 / self.coefficients(alpha, sigma)[1] ** 2
 
 
+@dataclass(frozen=True)
+class ClippedPrediction(Parameterization):
+    """``base`` with its x0 estimate clipped to [-bound, bound]: the DDPM reference code's
+    sampling-time clipping (Ho et al. 2020), diffusers' ``clip_sample``. Samplers derive the noise
+    from the clipped x0 (x = x0 + sigma noise), as diffusers' DDIM step does after clipping, and
+    the DDPM posterior mean from x0 and x_t is the same step, so both agree with theirs."""
+
+    base: Parameterization
+    bound: float = 1.0
+
+    @property
+    def name(self) -> str:
+        return self.base.name
+
+    def scale_input(self, x_t, *, alpha, sigma):
+        return self.base.scale_input(x_t, alpha=alpha, sigma=sigma)
+
+    def target(self, *, x0, noise, alpha, sigma):
+        return self.base.target(x0=x0, noise=noise, alpha=alpha, sigma=sigma)
+
+    def denoised(self, out, *, x_t, alpha, sigma):
+        return self.base.denoised(out, x_t=x_t, alpha=alpha, sigma=sigma).clamp(-self.bound, self.bound)
+
+    def x0_error_scale(self, alpha, sigma):
+        return self.base.x0_error_scale(alpha, sigma)
+
+
 PARAMETERIZATIONS = {"eps": EpsPrediction(), "x0": X0Prediction(), "v": VPrediction(),
                      "score": ScorePrediction(), "edm": EDMPreconditioning(),
                      "velocity": VelocityPrediction()}

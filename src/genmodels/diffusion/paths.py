@@ -64,22 +64,35 @@ class GaussianPath:
 class DiscreteDDPM(GaussianPath):
     """DDPM (Ho et al. 2020): T steps with betas from a schedule; step n in 0..T-1 is t = (n+1)/T.
 
-    Schedules: ``linear`` (betas linspace(beta_start, beta_end, T), Ho et al. Sec. 4) and
+    Schedules: ``linear`` (betas linspace(beta_start, beta_end, T), Ho et al. Sec. 4),
+    ``scaled_linear`` (sqrt(beta) linear instead: Stable Diffusion's, diffusers' name) and
     ``cosine`` (Nichol & Dhariwal 2021, Eq. 17: alpha_bar(t) = f(t)/f(0), f(t) = cos^2(
     (t + 0.008)/1.008 * pi/2), betas clipped at 0.999). The network sees the step index n as
     ``c_noise``, as diffusers does, so the same net can be driven by their schedulers as an oracle.
     Between steps, log s is interpolated linearly in n (k-diffusion's DiscreteSchedule); below
     step 0, s falls linearly to 0 at t = 0.
+
+    ``spacing`` is the default timestep spacing of ``grid`` and ``steps_offset`` shifts the
+    ``leading`` grid by that many steps (diffusers' scheduler fields of the same names, so a
+    diffusers model's own sampling grid is the default: ``genmodels.interop``).
     """
 
-    def __init__(self, *, schedule="linear", timesteps=1000, beta_start=1e-4, beta_end=0.02):
+    def __init__(self, *, schedule="linear", timesteps=1000, beta_start=1e-4, beta_end=0.02, spacing="leading",
+                 steps_offset=0):
         if schedule == "linear":
             betas = torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
+        elif schedule == "scaled_linear":
+            betas = torch.linspace(beta_start**0.5, beta_end**0.5, timesteps, dtype=torch.float64) ** 2
         elif schedule == "cosine":
             betas = cosine_betas(timesteps)
         else:
-            raise ConfigError(f"unknown beta schedule '{schedule}'; allowed: linear, cosine")
+            raise ConfigError(f"unknown beta schedule '{schedule}'; allowed: {', '.join(SCHEDULES)}")
+        if spacing not in ("leading", "trailing", "linspace"):
+            raise ConfigError(f"unknown timestep spacing '{spacing}'; allowed: leading, trailing, linspace")
+        if not 0 <= steps_offset < timesteps:
+            raise ConfigError(f"steps_offset must lie in 0..{timesteps - 1}, got {steps_offset}")
         self.schedule, self.timesteps = schedule, timesteps
+        self.spacing, self.steps_offset = spacing, steps_offset
         self.betas = betas
         self.alphas_cumprod = torch.cumprod(1 - betas, dim=0)
         self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()
@@ -127,13 +140,16 @@ class DiscreteDDPM(GaussianPath):
         steps = torch.randint(0, self.timesteps, (n,), generator=generator, device=device)
         return (steps + 1).to(torch.float32) / self.timesteps
 
-    def grid(self, steps, *, spacing="leading"):
-        """Descending t of a ``steps``-step sampler (DDIM / 'flawed schedules' paper spacings)."""
+    def grid(self, steps, *, spacing=None):
+        """Descending t of a ``steps``-step sampler (DDIM / 'flawed schedules' paper spacings);
+        ``spacing`` None: the path's own."""
         T = self.timesteps
+        spacing = self.spacing if spacing is None else spacing
         if not 1 <= steps <= T:
             raise ConfigError(f"steps must lie in 1..{T} for a {T}-step DDPM, got {steps}")
-        if spacing == "leading":  # DDIM's: 0, k, 2k, ... with k = T // steps
-            n = torch.arange(steps, dtype=torch.float64) * (T // steps)
+        if spacing == "leading":  # DDIM's: 0, k, 2k, ... with k = T // steps (plus the offset)
+            n = torch.arange(steps, dtype=torch.float64) * (T // steps) + self.steps_offset
+            n = n.clamp(max=T - 1)
         elif spacing == "trailing":  # Lin et al. 2024, Table 2: always includes the last step
             n = (torch.arange(T, 0, -T / steps, dtype=torch.float64)).round().flip(0) - 1
         elif spacing == "linspace":
@@ -341,7 +357,7 @@ PATHS = {
     "rectified_flow": lambda cfg: RectifiedFlow(t_sampling=cfg.t_sampling),
 }
 T_SAMPLINGS = ("uniform", "logit_normal", "max", "log_normal")  # diffusion.t_sampling
-SCHEDULES = ("linear", "cosine")  # diffusion.schedule of the discrete DDPM
+SCHEDULES = ("linear", "scaled_linear", "cosine")  # diffusion.schedule of the discrete DDPM
 
 
 def build_path(cfg) -> GaussianPath:

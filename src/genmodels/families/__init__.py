@@ -19,6 +19,7 @@ from ..data import masking  # noqa: E402,F401  (the inpaint section: an inpainti
 from ..data import control  # noqa: E402,F401  (the control section: a ControlNet's control images)
 from . import diffusion, gan, pix2pix, vae, autoencoder, controlnet, lora  # noqa: E402,F401  (each registers its family)
 from .diffusion import Pipeline, load_classifier  # noqa: E402
+from .. import interop  # noqa: E402,F401  (registers the diffusers: source of load; diffusers itself is imported lazily)
 
 __all__ = ["FAMILIES", "Family", "LoadedRun", "Pipeline", "RUN_REFERENCES", "SampleOption", "TrainContext",
            "TrainParts", "WEIGHT_FILES", "base_record", "check_labels", "get_family", "load", "load_classifier",

@@ -41,7 +41,7 @@ class DiffusionConfig:
     """The diffusion section: the path, what the net predicts, how training draws t and noise."""
 
     path: str = "ddpm"  # ddpm (discrete, T steps) | vp, ve (continuous SDEs) | rectified_flow (x_t = (1-t) x0 + t noise)
-    schedule: str = "linear"  # ddpm beta schedule: linear | cosine
+    schedule: str = "linear"  # ddpm beta schedule: linear | scaled_linear (sqrt(beta) linear) | cosine
     timesteps: int = 1000
     beta_start: float = 1e-4  # linear ddpm schedule
     beta_end: float = 0.02

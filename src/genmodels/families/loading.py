@@ -24,6 +24,11 @@ from .base import FAMILIES, RUN_REFERENCES, LoadedRun
 
 WEIGHT_FILES = {"ema": "ema.safetensors", "model": "model.safetensors"}
 
+# Models from elsewhere: ``load("PREFIX:LOCATION")`` -> SOURCES[PREFIX](LOCATION, device=...), a
+# pipeline of the same contract (``genmodels.interop`` registers "diffusers"). Registered by the
+# code that reads them, so this seam imports none of it.
+SOURCES: dict = {}
+
 
 def get_family(name: str):
     if name not in FAMILIES:
@@ -36,12 +41,18 @@ def read_run_config(run_dir) -> dict:
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory '{run_dir}' does not exist")
     path = run_dir / "config.json"
+    diffusers_hint = f"'{run_dir}' is a diffusers model folder, not a genmodels run; load it as diffusers:{run_dir}"
     if not path.is_file():
+        if (run_dir / "model_index.json").is_file():
+            raise CheckpointError(diffusers_hint)
         raise CheckpointError(f"'{run_dir}' is not a genmodels run directory: config.json is missing")
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is not valid JSON ({e})") from None
+    if isinstance(record, dict) and "_diffusers_version" in record:
+        raise CheckpointError(diffusers_hint)
+    return record
 
 
 # ---- composed runs ----------------------------------------------------------------------------
@@ -138,7 +149,13 @@ def load(run_dir, *, device="auto", weights="ema", lora=()):
     """Rebuild a trained model from ``run_dir`` (config.json + safetensors): its family's
     pipeline, with ``sample(n, seed=)`` for every family. ``lora``: LoRA adapter files merged into
     its weights first, each ``(path, weight)`` or ``"path:weight"`` (``genmodels.lora``), refused
-    when trained on other weights than these."""
+    when trained on other weights than these. ``"PREFIX:LOCATION"`` loads a model from elsewhere
+    (``SOURCES``: ``diffusers:FOLDER``, a diffusers UNet2DModel saved with ``save_pretrained``)."""
+    prefix, sep, location = str(run_dir).partition(":")
+    if sep and prefix in SOURCES:
+        if lora:
+            raise ConfigError(f"LoRA adapters are trained on genmodels runs; '{run_dir}' is a {prefix} model")
+        return SOURCES[prefix](location, device=device)
     run = load_run(run_dir, device=device, weights=weights)
     if lora:
         from ..lora import apply_adapters
@@ -148,5 +165,5 @@ def load(run_dir, *, device="auto", weights="ema", lora=()):
     return get_family(run.config.family).load(run)
 
 
-__all__ = ["WEIGHT_FILES", "base_record", "check_base", "file_sha256", "get_family", "load", "load_bases",
+__all__ = ["SOURCES", "WEIGHT_FILES", "base_record", "check_base", "file_sha256", "get_family", "load", "load_bases",
            "load_run", "read_run_config", "run_references"]
