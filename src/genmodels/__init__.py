@@ -17,6 +17,14 @@ def load_classifier(run_dir, **kwargs):
     return _load_classifier(run_dir, **kwargs)
 
 
+def distill(teacher, out, **kwargs):
+    """Distil a diffusion run into a faster one (``genmodels.families.distill.distill_run``):
+    ``genmodels.distill("runs/mnist-ddpm", "runs/pd4", method="progressive", steps=4, teacher_steps=64)``."""
+    from .families.distill import distill_run
+
+    return distill_run(teacher, out, **kwargs)
+
+
 def evaluate(run_dir, **kwargs):
     """Score a run by the evaluation protocol (docs/EVALUATION.md):
     ``genmodels.evaluate("runs/mnist", metrics=["fd_cnn", "kid"], n=1000, seeds=[0, 1]).mean``."""
@@ -25,4 +33,4 @@ def evaluate(run_dir, **kwargs):
     return evaluate_run(run_dir, **kwargs)
 
 
-__all__ = ["__version__", "load", "load_classifier", "evaluate"]
+__all__ = ["__version__", "distill", "load", "load_classifier", "evaluate"]
