@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from .. import build
 from ..build import cond_dropout
 from ..config import apply_overrides, from_dict, register_section
-from ..diffusion import sigma_grid
+from ..diffusion import DiscreteDDPM, sigma_grid
 from ..errors import CheckpointError, ConfigError
 from ..objectives.distill import GuidanceObjective, ProgressiveObjective, student_levels
 from ..train.checkpoint import load_weights, save_weights
@@ -109,8 +109,8 @@ def distill_grid(path, d: DistillConfig, spacing: str | None) -> torch.Tensor:
     final = student_levels(grid, rounds - 1)[1]
     direct = sigma_grid(path, d.steps, **kwargs)
     if not torch.allclose(final, direct, rtol=1e-9, atol=0):
-        hint = "; use distill.spacing=trailing" if path.name == "ddpm" else ""
-        raise ConfigError(f"the {d.steps}-step grid ({spacing or 'default'} spacing) of this {path.name} path is not "
+        hint = "; use distill.spacing=trailing" if isinstance(path, DiscreteDDPM) else ""
+        raise ConfigError(f"the {d.steps}-step grid ({spacing or 'default'} spacing) of this {type(path).__name__} path is not "
                           f"every {2 ** rounds}-th level of its {d.teacher_steps}-step grid, so the student could not "
                           f"be sampled on the grid it learned{hint}")
     return grid
