@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from .. import build
 from ..build import cond_dropout
+from ..cond import null_value
 from ..config import apply_overrides, from_dict, register_section
 from ..diffusion import DiscreteDDPM, sigma_grid
 from ..errors import CheckpointError, ConfigError
@@ -249,7 +250,9 @@ def progressive_parts(family, ctx: TrainContext, teacher_net) -> TrainParts:
     student, ema = ctx.modules["net"], ctx.ema("net")
     optimizer = ctx.adamw(student.parameters())
     teacher = teacher_net  # the round's teacher (loaded here for this run alone): round 0's is the teacher run
-    objective = ProgressiveObjective(student_levels(grid, 0)[0])
+    # the teacher's own classifier-free dropout (its run's diffusion section is this run's)
+    objective = ProgressiveObjective(student_levels(grid, 0)[0], cond_dropout(cfg),
+                                     lambda key, value: null_value(student, key, value))
     current = {"round": 0}
     step_images = cfg.train.batch_size
 

@@ -16,11 +16,12 @@ at high noise, an eps loss at low noise (what v-prediction's loss weights too).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
-from ..cond import nulled
+from ..cond import drop, nulled
 from ..diffusion.denoiser import expand_like
 from ..diffusion.guidance import CFGDenoiser
 
@@ -65,13 +66,18 @@ class ProgressiveObjective:
     """One round of progressive distillation: draw a student step i per sample, x_t = x0 + sigma_i
     noise at the student's level sigma_i (= the teacher's level 2i), the target by
     ``progressive_target`` over the teacher's levels 2i, 2i + 1, 2i + 2, and the weighted x0 MSE of
-    ``student(x_t, sigma_i, cond)``. ``teacher_levels``: the teacher's 2N levels and a final 0."""
+    ``student(x_t, sigma_i, cond)``. ``teacher_levels``: the teacher's 2N levels and a final 0.
+    ``cond_dropout`` / ``null``: the teacher's classifier-free dropout, applied to the condition
+    both see, so a conditional student's unconditional model is distilled too (CFG on it works).
+    """
 
     teacher_levels: torch.Tensor
+    cond_dropout: dict = field(default_factory=dict)
+    null: Callable | None = None
 
     def __call__(self, student, teacher, batch, *, generator):
         x0 = batch["x"]
-        cond = batch.get("cond") or None
+        cond = drop(batch.get("cond"), self.cond_dropout, self.null, generator=generator) or None
         steps = (len(self.teacher_levels) - 1) // 2
         i = torch.randint(0, steps, (x0.shape[0],), generator=generator, device=x0.device)
         levels = self.teacher_levels.to(x0.device)
