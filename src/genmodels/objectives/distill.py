@@ -37,12 +37,20 @@ def ddim_step(x, denoised, sigma, sigma_next):
 def progressive_target(teacher, x, sigma, sigma_mid, sigma_next, cond=None):
     """x~: the x0 estimate for which ONE DDIM step sigma -> sigma_next from ``x`` lands where the
     ``teacher``'s two DDIM steps sigma -> sigma_mid -> sigma_next land. Per-sample sigmas [B]; the
-    last step (sigma_next = 0) gives x~ = the teacher's two-step endpoint."""
-    x_mid = ddim_step(x, teacher(x, sigma, cond), sigma, sigma_mid)
-    x_next = ddim_step(x_mid, teacher(x_mid, sigma_mid, cond), sigma_mid, sigma_next)
+    last step (sigma_next = 0) gives x~ = the teacher's two-step endpoint. The teacher runs in
+    float32 even under the trainer's bf16 autocast: x~ divides by 1 - r, which magnifies its
+    rounding on fine grids."""
+    with full_precision(x):
+        x_mid = ddim_step(x, teacher(x, sigma, cond), sigma, sigma_mid)
+        x_next = ddim_step(x_mid, teacher(x_mid, sigma_mid, cond), sigma_mid, sigma_next)
     r = expand_like(torch.as_tensor(sigma_next, dtype=torch.float64) / torch.as_tensor(sigma, dtype=torch.float64),
                     x.double())
     return ((x_next.double() - r * x.double()) / (1 - r)).to(x.dtype)
+
+
+def full_precision(x):
+    """No autocast inside (the regression targets), on ``x``'s device."""
+    return torch.autocast(x.device.type, enabled=False)
 
 
 def truncated_snr_weight(sigma, x):
@@ -109,7 +117,7 @@ class GuidanceObjective:
         sigma = self.path.to_sigma(t.to(torch.float64))
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x = x0 + expand_like(sigma, x0) * noise
-        with torch.no_grad():
+        with torch.no_grad(), full_precision(x):  # CFG's extrapolation magnifies bf16 rounding
             target = CFGDenoiser(teacher, w, nulled(self.teacher_net, self.keys))(x, sigma, cond)
         out = student(x, sigma, {**cond, "guidance": w})
         loss = (out.float() - target.float()).square().flatten(1).mean(1)
