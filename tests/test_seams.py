@@ -446,7 +446,9 @@ def test_guidance_on_any_key_and_conditioning_checked_against_the_net(tmp_path):
     torch.manual_seed(0)
     net = perturbed(UNet(**SMALL, concat_cond=["image"], num_classes=3))
     pipe = Pipeline(tmp_path, None, net, DiscreteDDPM(), PARAMETERIZATIONS["eps"], (1, 8, 8), (), torch.device("cpu"))
-    pipe.config = type("C", (), {"model": type("M", (), {"options": {"num_classes": 3}})()})()
+    from genmodels.config import SampleConfig
+
+    pipe.config = type("C", (), {"model": type("M", (), {"options": {"num_classes": 3}})(), "sample": SampleConfig()})()
     image = torch.randn(1, 1, 8, 8)
     kwargs = dict(sampler="ddim", steps=3, progress=False)
     guided = pipe.sample(2, cond={"image": image}, labels=1, guidance=3.0, guidance_keys=["image"], **kwargs)

@@ -25,6 +25,14 @@ def from_diffusers(model, scheduler=None, **kwargs):
     return _from_diffusers(model, scheduler, **kwargs)
 
 
+def distill(teacher, out, **kwargs):
+    """Distil a diffusion run into a faster one (``genmodels.families.distill.distill_run``):
+    ``genmodels.distill("runs/mnist-ddpm", "runs/pd4", method="progressive", steps=4, teacher_steps=64)``."""
+    from .families.distill import distill_run
+
+    return distill_run(teacher, out, **kwargs)
+
+
 def evaluate(run_dir, **kwargs):
     """Score a run by the evaluation protocol (docs/EVALUATION.md):
     ``genmodels.evaluate("runs/mnist", metrics=["fd_cnn", "kid"], n=1000, seeds=[0, 1]).mean``."""
@@ -33,4 +41,4 @@ def evaluate(run_dir, **kwargs):
     return evaluate_run(run_dir, **kwargs)
 
 
-__all__ = ["__version__", "load", "load_classifier", "from_diffusers", "evaluate"]
+__all__ = ["__version__", "distill", "load", "load_classifier", "from_diffusers", "evaluate"]

@@ -9,6 +9,8 @@ hold any key of ``COND_KEYS``:
     image   a control, low-resolution or input image [B, C, H, W]
     mask    [B, 1, H, W] in {0, 1}: 1 = regenerate, 0 = keep (inpainting)
     masked  [B, C, H, W]: the image with the region to regenerate zeroed
+    guidance  float [B]: the classifier-free guidance scale w a guidance-distilled network takes as
+            an input (``genmodels.distill``), embedded beside the noise level
 
 Objectives, ``NetDenoiser``, guidance wrappers and samplers pass ``cond`` through without naming
 keys; only networks (and the data that fill them) read them. A value is a tensor with the batch
@@ -21,7 +23,9 @@ replaces each key by its null at a per-key rate (``drop``); sampling guides on a
 (``genmodels.diffusion.guidance.CFGDenoiser`` with ``uncond=nulled(net, keys)``).
 
 A new key is one registry entry: ``COND_KEYS["brightness"] = CondKey("mean pixel value [B]",
-null=lambda net, v: torch.zeros_like(v))``.
+null=lambda net, v: torch.zeros_like(v))``. With ``embed`` (``embed(emb_dim) -> module``, e.g.
+``scalar_embedding(scale=..., default=...)``) the UNet and the MLP read it when built with
+``embed_cond=[key]``: a vector added to their time embedding (``genmodels.nn.cond_embed``).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from torch import Tensor
 from .errors import ConfigError
 
 __all__ = ["COND_KEYS", "CondKey", "as_cond", "batch_size", "call_net", "cat", "check_keys", "check_reads", "drop",
-           "map_values", "null_value", "nulled", "select", "where"]
+           "embedders", "map_values", "null_value", "nulled", "scalar_embedding", "select", "where"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class CondKey:
 
     help: str
     null: Callable[[object, object], object]
+    embed: Callable[[int], object] | None = None  # embed(emb_dim) -> module(value, batch, device) -> [B, emb_dim]
 
 
 def _null_class(net, y: Tensor) -> Tensor:
@@ -62,6 +67,16 @@ def _null_text(net, text: dict) -> dict:
     return null(text)
 
 
+def scalar_embedding(*, scale: float = 1.0, default: float = 0.0) -> Callable[[int], object]:
+    """``embed`` for a per-sample scalar key: ``genmodels.nn.cond_embed.ScalarEmbedding`` (imported
+    when a network is built: the networks import this module)."""
+    def embed(emb_dim: int):
+        from .nn.cond_embed import ScalarEmbedding
+
+        return ScalarEmbedding(emb_dim, scale=scale, default=default)
+    return embed
+
+
 COND_KEYS: dict[str, CondKey] = {
     "y": CondKey("class labels, int64 [B]", _null_class),
     "text": CondKey("text encoder outputs {states [B, L, D], mask [B, L], pooled [B, D]}", _null_text),
@@ -70,6 +85,9 @@ COND_KEYS: dict[str, CondKey] = {
     "mask": CondKey("inpainting mask [B, 1, H, W], 1 = regenerate", lambda net, v: torch.ones_like(v)),
     "masked": CondKey("the image with the region to regenerate zeroed [B, C, H, W]",
                       lambda net, v: torch.zeros_like(v)),
+    # w = 1 is the conditional model (guidance.py's convention), so it is also the null value
+    "guidance": CondKey("classifier-free guidance scale w, float [B] (a guidance-distilled net)",
+                        lambda net, v: torch.ones_like(v), embed=scalar_embedding(scale=10.0, default=1.0)),
 }
 
 
@@ -78,6 +96,19 @@ def check_keys(keys, *, where: str) -> None:
     unknown = sorted(set(keys) - set(COND_KEYS))
     if unknown:
         raise ConfigError(f"{where}: unknown conditioning key(s) {unknown}; known: {', '.join(COND_KEYS)}")
+
+
+def embedders(keys, *, where: str) -> dict:
+    """{key: its ``embed`` factory} for a network's ``embed_cond`` keys, or one ConfigError naming
+    ``where`` for a key that is unknown or has no vector embedding."""
+    check_keys(keys, where=where)
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"{where} lists a key twice: {list(keys)}")
+    plain = [k for k in keys if COND_KEYS[k].embed is None]
+    if plain:
+        can = [k for k, v in COND_KEYS.items() if v.embed is not None]
+        raise ConfigError(f"{where}: {plain} cannot be embedded as a vector; keys that can: {', '.join(can) or 'none'}")
+    return {k: COND_KEYS[k].embed for k in keys}
 
 
 def call_net(net, x, c_noise, cond):

@@ -83,6 +83,7 @@ class SampleConfig:
     steps: int = 50
     eta: float = 0.0
     n: int = 64
+    spacing: str | None = None  # the noise grid (None: the path's default); a distilled run's is the one it learned
 
 
 SECTIONS: dict[str, type] = {}  # section name -> dataclass, filled by register_section

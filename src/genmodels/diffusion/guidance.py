@@ -27,18 +27,20 @@ class CFGDenoiser(nn.Module):
     nulls ``keys`` (the network's null class / null text) and keeps the other keys; a dict is
     merged over ``cond`` instead (e.g. a negative prompt's ``text``). ``interval=(sigma_lo,
     sigma_hi)`` applies the guidance only for sigma in that range; outside it the conditional
-    model runs alone (one forward at batch B instead of 2B).
+    model runs alone (one forward at batch B instead of 2B). ``scale`` is one float, or a tensor
+    [B] of one scale per sample (guidance distillation's teacher, trained over a range of w).
     """
 
-    def __init__(self, denoiser, scale: float, uncond, *, interval=None):
+    def __init__(self, denoiser, scale, uncond, *, interval=None):
         super().__init__()
-        self.denoiser, self.scale = denoiser, float(scale)
+        self.denoiser = denoiser
+        self.scale = scale if isinstance(scale, torch.Tensor) and scale.ndim > 0 else float(scale)
         self.uncond = uncond if callable(uncond) else (lambda cond: {**cond, **uncond})
         self.interval = None if interval is None else (float(interval[0]), float(interval[1]))
         self._cond = self._both = None  # the last batch's cond, and it beside its uncond
 
     def active(self, sigma) -> bool:
-        if self.scale == 1.0:
+        if isinstance(self.scale, float) and self.scale == 1.0:
             return False
         if self.interval is None:
             return True
@@ -55,7 +57,8 @@ class CFGDenoiser(nn.Module):
             self._cond, self._both = cond, cat([cond, self.uncond(cond)])
         both = self.denoiser(torch.cat([x, x]), sigma2, self._both)
         conditional, unconditional = both.chunk(2)
-        return unconditional + self.scale * (conditional - unconditional)
+        scale = self.scale if isinstance(self.scale, float) else expand_like(self.scale, conditional)
+        return unconditional + scale * (conditional - unconditional)
 
 
 class DynamicThresholding(nn.Module):

@@ -156,7 +156,8 @@ class TrainContext:
     on (``bases``, by config field: ``LoadedRun``s on the device).
 
     ``images_seen()`` is the trainer's count at call time (restored on resume), for schedules
-    inside a loss: KL warm-up, progressive growing.
+    inside a loss: KL warm-up, progressive growing. ``run_dir``: the run directory, for what a
+    family keeps beside the trainer's checkpoint (progressive distillation's round students).
     """
 
     cfg: object
@@ -168,6 +169,7 @@ class TrainContext:
     channels_last: bool = False
     images_seen: Callable[[], int] = lambda: 0
     bases: dict = field(default_factory=dict)
+    run_dir: object = None
 
     def wrap(self, module: nn.Module) -> nn.Module:
         """``module`` as the phase trains it: under DDP broadcast from rank 0, gradients

@@ -158,10 +158,15 @@ class DiffusionFamily(Family):
         (a ControlNet: the control images of those training items)."""
         return {}
 
+    def preview_sampling(self, ctx: TrainContext) -> dict:
+        """The sampler settings of the preview and proxy evaluation (``generate``'s keywords)."""
+        s = ctx.cfg.sample
+        return dict(sampler=s.sampler, steps=min(s.steps, 25), eta=s.eta, spacing=s.spacing)
+
     def _draw(self, ctx, sampling_net, path, param):
         """draw(seeds, labels) -> samples from the current EMA weights with the preview's sampler
         (latent runs: decoded by the frozen autoencoder)."""
-        s, space = ctx.cfg.sample, latent_space(ctx.cfg, ctx.bases)
+        space = latent_space(ctx.cfg, ctx.bases)
         captions = getattr(ctx.dataset, "text", None)
 
         def draw(seeds, labels=None):
@@ -173,8 +178,7 @@ class DiffusionFamily(Family):
             cond.update(full_mask_cond(getattr(net, "cond_keys", ()), len(seeds), ctx.dataset.shape, ctx.device))
             cond.update(self.draw_cond(ctx, seeds))
             x = generate(build.make_denoiser(net, path, param), path, shape=ctx.dataset.shape, seeds=seeds,
-                         sampler=s.sampler, steps=min(s.steps, 25), eta=s.eta, cond=cond or None,
-                         device=ctx.device)
+                         **self.preview_sampling(ctx), cond=cond or None, device=ctx.device)
             return x if space is None else space.decode(x)
         return draw
 
@@ -290,13 +294,14 @@ class Pipeline(PipelineBase):
 
         return map_values(rows, cond)
 
-    def sample(self, n=64, *, seed=0, sampler="ddim", steps=50, eta=None, spacing=None, sigma_max=None,
+    def sample(self, n=64, *, seed=0, sampler=None, steps=None, eta=None, spacing=None, sigma_max=None,
                labels=None, cond=None, prompt=None, negative_prompt=None, guidance=1.0, guidance_keys=None,
                guidance_interval=None,
                dynamic_threshold=None, classifier=None, classifier_scale=1.0, x_start=None, init_images=None,
                start_sigma=None, strength=None, callback=None, walk=None, batch_size=64, progress=True,
                dist=Dist(), **options) -> torch.Tensor:
-        """``n`` samples; sample i uses seed ``seed + i``. Images are clamped to [-1, 1].
+        """``n`` samples; sample i uses seed ``seed + i``. Images are clamped to [-1, 1]. ``sampler``,
+        ``steps``, ``eta`` and ``spacing`` default to the run's (``sample_settings``).
 
         ``labels``: one class index for all, or one per sample (class-conditional runs); ``cond``:
         other conditioning values (``genmodels.cond``), one row per sample or one for all.
@@ -305,7 +310,9 @@ class Pipeline(PipelineBase):
         ``guidance``: classifier-free guidance scale w (1 = conditional, 0 = unconditional) on
         ``guidance_keys`` (default: the class and text conditions given; other keys, e.g. a
         control image, stay in both halves); ``guidance_interval=(sigma_lo, sigma_hi)`` limits it
-        to those noise levels. ``dynamic_threshold``: Imagen's percentile (e.g. 0.995) for
+        to those noise levels. A network that reads ``guidance`` (a guidance-distilled run,
+        ``genmodels.distill``) gets the scale as that input instead: one forward per step, not two.
+        ``dynamic_threshold``: Imagen's percentile (e.g. 0.995) for
         clipping x0. ``classifier``: a ``load_classifier`` result (or its run directory) for
         classifier guidance with ``classifier_scale``; works on unconditional models too.
         ``x_start`` / ``init_images`` with ``start_sigma`` or ``strength``: start mid-way
@@ -318,6 +325,8 @@ class Pipeline(PipelineBase):
         """
         if n < 1:
             raise ConfigError(f"n must be >= 1, got {n}")
+        settings = self.sample_settings(sampler=sampler, steps=steps, eta=eta, spacing=spacing)
+        sampler, steps, eta, spacing = (settings.get(k) for k in ("sampler", "steps", "eta", "spacing"))
         classifier = None if classifier is None else self.classifier(classifier)
         if classifier is None:
             cond = self.conditioning(n, labels=labels, cond=cond)
@@ -344,6 +353,15 @@ class Pipeline(PipelineBase):
                 raise ConfigError(f"guidance needs class labels or a prompt (or the condition to guide on"
                                   f"{': ' if missing else ''}{', '.join(missing)}): pass labels (CLI: --class K "
                                   "or --class all) or --prompt TEXT")
+        if "guidance" in self.cond_keys:  # guidance-distilled: w is an input of the one network
+            if guidance_interval is not None or negative is not None or guidance_keys is not None:
+                raise ConfigError("this run was guidance-distilled (it takes the guidance scale as an input): "
+                                  "guidance_interval, negative prompts and guidance_keys need CFG's two "
+                                  "forwards; sample its teacher for them")
+            if "guidance" in cond and guidance != 1.0:
+                raise ConfigError("give the guidance scale as guidance or as cond['guidance'], not both")
+            cond.setdefault("guidance", torch.full((n,), float(guidance)))
+        elif guidance != 1.0:
             uncond = nulled(self.net, keys)
             if negative is not None:  # the negative prompt replaces the null text in the unconditional half
                 def uncond(c, nulls=uncond):
@@ -385,15 +403,17 @@ class Pipeline(PipelineBase):
         recon = recon.cpu() if self.latent is None else self.latent.decode(recon)
         return noise.cpu(), recon, rmse
 
-    def sample_settings(self, *, sampler=None, steps=None, eta=None) -> dict:
+    def sample_settings(self, *, sampler=None, steps=None, eta=None, spacing=None) -> dict:
         """The sampler settings ``sample`` gets for these overrides: the run's own otherwise. The
         run's ``sample.eta`` belongs to its own sampler: another sampler without an ``eta`` keeps
-        its own default (None), or the run's eta 0 would make Euler ancestral deterministic."""
+        its own default (None), or the run's eta 0 would make Euler ancestral deterministic.
+        ``spacing`` (the grid) appears when given or when the run records one (a distilled run's)."""
         s = self.config.sample
         sampler = sampler or s.sampler
         if eta is None and sampler == s.sampler:
             eta = s.eta
-        return dict(sampler=sampler, steps=steps or s.steps, eta=eta)
+        spacing = spacing or s.spacing
+        return dict(sampler=sampler, steps=steps or s.steps, eta=eta, **({"spacing": spacing} if spacing else {}))
 
     # ---- likelihood ------------------------------------------------------------------------
     @property

@@ -11,7 +11,9 @@ never here. The network reads these keys of ``cond``, each only when built for i
   at those resolutions, and the pooled vector projected into the time embedding (Rombach et al.
   2022);
 - the keys in ``concat_cond`` (e.g. ``["mask", "masked"]``, the Stable Diffusion inpainting
-  recipe): extra input channels concatenated to ``x``.
+  recipe): extra input channels concatenated to ``x``;
+- the keys in ``embed_cond`` (e.g. ``["guidance"]``, a guidance-distilled net's w): each key's
+  vector embedding (``genmodels.nn.cond_embed``) added to the time embedding.
 
 ``forward(..., residuals={"skips": [...], "mid": h})`` adds tensors to the skip connections and
 the middle block's output (what a ControlNet injects; ``skip_channels`` and ``skip_resolutions``
@@ -29,7 +31,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from genmodels.cond import check_keys, check_reads
+from genmodels.cond import check_keys, check_reads, embedders
+from genmodels.nn.cond_embed import CondEmbeddings
 from genmodels.errors import ConfigError
 from genmodels.nn.fused import group_norm_act, output_conv
 from genmodels.nn.layers import (
@@ -90,7 +93,8 @@ class UNet(nn.Module):
                  dropout: float = 0.0, num_classes: int | None = None, norm_groups: int = 8,
                  extra_up_block: bool = True, context_dim: int | None = None,
                  cross_attn_resolutions: Sequence[int] = (), concat_cond: Sequence[str] = (),
-                 concat_channels: Sequence[int] | None = None, text_encoder_layers: int = 0):
+                 concat_channels: Sequence[int] | None = None, text_encoder_layers: int = 0,
+                 embed_cond: Sequence[str] = ()):
         super().__init__()
         channel_mult = tuple(channel_mult)
         attn_resolutions = tuple(attn_resolutions)
@@ -107,8 +111,9 @@ class UNet(nn.Module):
         self.extra_up_block = extra = bool(extra_up_block)
         self.concat_cond, self.concat_channels = _concat_layout(concat_cond, concat_channels, in_channels)
         self.context_dim = context_dim
+        embeds = embedders(tuple(embed_cond), where="model.embed_cond")
         self.cond_keys = frozenset((["y"] if num_classes is not None else []) + (["text"] if context_dim else [])
-                                   + list(self.concat_cond))
+                                   + list(self.concat_cond) + list(embeds))
 
         # Time embedding: sinusoids, then a 2-layer MLP to 4x their width (ADM). ADM ties the
         # widths to base_channels; the floor keeps >= 32 frequencies when the first level is thin.
@@ -117,6 +122,8 @@ class UNet(nn.Module):
         self.time_embed = nn.Sequential(
             nn.Linear(self.freq_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.class_embed = None if num_classes is None else nn.Embedding(num_classes + 1, emb_dim)
+        if embeds:  # absent otherwise: the plain net's weight names are unchanged
+            self.cond_embed = CondEmbeddings(embeds, emb_dim)
         if context_dim:
             self.text_embed = nn.Linear(context_dim, emb_dim)  # the pooled text vector, beside the class
             self.null_text_token = nn.Parameter(torch.zeros(context_dim))
@@ -196,6 +203,8 @@ class UNet(nn.Module):
         emb = self.time_embed(timestep_embedding(_per_sample(c_noise, batch), self.freq_dim))
         if self.class_embed is not None:
             emb = emb + _class_embedding(self.class_embed, self.num_classes, cond.get("y"), batch, x.device)
+        if hasattr(self, "cond_embed"):
+            emb = emb + self.cond_embed(cond, batch, x.device).to(emb.dtype)
         context = None
         if self.context_dim:
             text = cond.get("text") or self.null_text_for(batch, x.device)

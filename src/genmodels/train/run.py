@@ -131,7 +131,8 @@ def prepare(cfg: Config, run_dir, *, resume=False, dist: Dist = Dist(), device=N
                                     text=None if dataset.text is None else dataset.text.to(device),
                                     cond={k: v.to(device) for k, v in dataset.cond.items()})
     ctx = TrainContext(cfg=cfg, dataset=on_device, device=device, dist=dist, modules=modules,
-                       autocast=build.autocast_dtype(t.precision, device), channels_last=channels_last, bases=bases)
+                       autocast=build.autocast_dtype(t.precision, device), channels_last=channels_last, bases=bases,
+                       run_dir=run_dir)
     parts = family.training(ctx)
     shards = dist.shards(t.grad_accum)
     batches = [InfiniteBatches(on_device, micro_batch, seed=t.seed, rank=s, device=device,
