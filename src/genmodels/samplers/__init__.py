@@ -4,6 +4,7 @@ callback contract is in ``base``; ``generate`` draws per-seed samples with any o
 or mid-way."""
 
 from .base import SamplingCancelled, SeededNoise, after_step, ancestral_split, edm_churn, sample_loop, to_d
+from .consistency import sample_consistency
 from .generate import generate, start_index
 from .invert import ddim_invert, round_trip_error
 from .multistep import sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_unipc
@@ -14,6 +15,6 @@ from .sde import (langevin_corrector, sample_ddim, sample_ddpm, sample_euler_anc
 
 __all__ = ["SAMPLERS", "SHARED_PARAMS", "SamplingCancelled", "SeededNoise", "after_step", "ancestral_split",
            "ddim_invert", "edm_churn", "evaluations", "generate", "get_sampler", "langevin_corrector",
-           "round_trip_error", "run_sampler", "sample_ddim", "sample_ddpm", "sample_dpmpp_2m",
+           "round_trip_error", "run_sampler", "sample_consistency", "sample_ddim", "sample_ddpm", "sample_dpmpp_2m",
            "sample_dpmpp_2m_sde", "sample_euler", "sample_euler_ancestral", "sample_euler_maruyama",
            "sample_heun", "sample_loop", "sample_pc", "sample_rk45", "sample_unipc", "start_index", "to_d"]

@@ -4,6 +4,7 @@ options it takes."""
 import inspect
 
 from ..errors import ConfigError
+from .consistency import sample_consistency
 from .multistep import sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_unipc
 from .ode import sample_euler, sample_heun, sample_rk45
 from .sde import sample_ddim, sample_ddpm, sample_euler_ancestral, sample_euler_maruyama, sample_pc
@@ -20,6 +21,7 @@ SAMPLERS = {
     "rk45": sample_rk45,
     "euler_maruyama": sample_euler_maruyama,
     "pc": sample_pc,
+    "consistency": sample_consistency,
 }
 
 
