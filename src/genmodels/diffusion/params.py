@@ -14,6 +14,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+import torch
+
 from ..errors import ConfigError
 
 
@@ -166,9 +168,11 @@ class ConsistencyParameterization(EDMPreconditioning):
     name: str = "consistency"
 
     def coefficients(self, alpha, sigma):
-        s = sigma / alpha
+        s = torch.as_tensor(sigma / alpha)
         sd2 = self.sigma_data**2
-        gap = s - self.sigma_min
+        # sigma_min in s's own dtype, so at the boundary the gap is exactly 0 (c_out = 0, c_skip =
+        # 1); below it f is the identity too
+        gap = (s - torch.as_tensor(self.sigma_min, dtype=s.dtype, device=s.device)).clamp(min=0)
         return sd2 / (gap**2 + sd2), gap * self.sigma_data / (s**2 + sd2) ** 0.5, 1 / (s**2 + sd2) ** 0.5
 
 
