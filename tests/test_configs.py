@@ -16,7 +16,9 @@ from genmodels.train.run import train
 CONFIGS = sorted(p.stem for p in (Path(genmodels.__file__).parent / "configs").glob("*.yaml"))
 
 
-CONTROL_BASES = {"mnist-controlnet": "mnist-cfg", "emoji-controlnet": "emoji-ddpm"}
+# composed runs (ControlNets, consistency distillation): on a tiny run of the base config they build on
+CONTROL_BASES = {"mnist-controlnet": "mnist-cfg", "emoji-controlnet": "emoji-ddpm", "mnist-cd": "mnist-edm",
+                 "toy-cd": "toy-edm"}
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -37,7 +39,7 @@ def test_bundled_config_trains_a_step_and_samples(name, tmp_path):
         except DataError as e:
             pytest.skip(str(e))
         tiny = tiny + [f"latent.autoencoder={tmp_path / 'ae'}"]
-    if name in CONTROL_BASES:  # ControlNets: on a tiny run of the base config they steer
+    if name in CONTROL_BASES:
         base = CONTROL_BASES[name]
         try:
             train(load_config(base, tiny), tmp_path / "base")

@@ -413,8 +413,9 @@ def test_a_replaced_state_is_where_sampling_continues(name):
         generate(gaussian_denoiser, ToyVE(), shape=(3,), seeds=range(2), sampler=name, steps=6,
                  options=SAMPLER_OPTIONS.get(name), callback=replace)
     # the same seeds: had the replacement been dropped, both states would be equal (UniPC's were);
-    # carried through one more step it leaves them 5.6 (pc) to 41 (rk45) apart
-    assert (after_one[50.0] - after_one[-50.0]).min() > 4
+    # carried through one more step it leaves them 5.6 (pc) to 41 (rk45) apart; the consistency
+    # sampler reads x only through the denoiser at the next level, which shrinks the gap (to 1.3)
+    assert (after_one[50.0] - after_one[-50.0]).min() > (1 if name == "consistency" else 4)
 
 
 def test_likelihoods_read_the_conditioning(tmp_path):

@@ -86,7 +86,9 @@ def diffusion_parts(cfg, options: dict):
     """(path, param, objective) of a diffusion run, its config checked. The objective's ``null``
     is bound to the network by the family (it does not exist yet here)."""
     path = build_path(cfg.diffusion)
-    param = get_parameterization(cfg.diffusion.prediction, sigma_data=cfg.diffusion.sigma_data)
+    # a consistency function's boundary is the path's smallest level, where samplers' grids end
+    sigma_min = float(path.to_sigma(torch.tensor(path.t_min, dtype=torch.float64)))
+    param = get_parameterization(cfg.diffusion.prediction, sigma_data=cfg.diffusion.sigma_data, sigma_min=sigma_min)
     rates = cond_dropout(cfg)  # the family checks them against the keys its network reads
     if param.name == "velocity" and cfg.diffusion.path != "rectified_flow":
         raise ConfigError("diffusion.prediction=velocity is the straight path's; use "

@@ -10,8 +10,11 @@ weighting defined on x0 errors (Min-SNR) into one on this prediction's errors.
 ``scale_input(x_t)`` is what the network sees (x_t itself, except under EDM's c_in).
 """
 
+import dataclasses
 import math
 from dataclasses import dataclass
+
+import torch
 
 from ..errors import ConfigError
 
@@ -174,19 +177,47 @@ class ClippedPrediction(Parameterization):
         return self.base.x0_error_scale(alpha, sigma)
 
 
+class ConsistencyParameterization(EDMPreconditioning):
+    """A consistency function (Song et al. 2023, Sec. 3 and Appendix C) in VE coordinates:
+
+        f(x; s) = c_skip(s) x + c_out(s) F(c_in(s) x)
+        c_skip = sd^2 / ((s - s_min)^2 + sd^2), c_out = (s - s_min) sd / sqrt(s^2 + sd^2),
+        c_in = 1 / sqrt(s^2 + sd^2)
+
+    so c_skip(s_min) = 1 and c_out(s_min) = 0: f(x, s_min) = x for any net F (the boundary
+    condition), and the Denoiser's "x0 estimate" at any level is the consistency function. It is
+    trained by the consistency family (``objectives.consistency``), not by denoising regression:
+    ``target`` is EDM's form and has no finite value at s = s_min. ``sigma_min`` is the path's
+    smallest level (``build.diffusion_parts`` sets it)."""
+
+    sigma_min: float = 0.002
+    name: str = "consistency"
+
+    def coefficients(self, alpha, sigma):
+        s = torch.as_tensor(sigma / alpha)
+        sd2 = self.sigma_data**2
+        # sigma_min in s's own dtype, so at the boundary the gap is exactly 0 (c_out = 0, c_skip =
+        # 1); below it f is the identity too
+        gap = (s - torch.as_tensor(self.sigma_min, dtype=s.dtype, device=s.device)).clamp(min=0)
+        return sd2 / (gap**2 + sd2), gap * self.sigma_data / (s**2 + sd2) ** 0.5, 1 / (s**2 + sd2) ** 0.5
+
+
 PARAMETERIZATIONS = {"eps": EpsPrediction(), "x0": X0Prediction(), "v": VPrediction(),
                      "score": ScorePrediction(), "edm": EDMPreconditioning(),
-                     "velocity": VelocityPrediction()}
+                     "velocity": VelocityPrediction(), "consistency": ConsistencyParameterization()}
 
 
-def get_parameterization(name: str, *, sigma_data: float | None = None):
-    """The parameterization ``name``; ``sigma_data`` sets EDM's data standard deviation."""
+def get_parameterization(name: str, *, sigma_data: float | None = None, sigma_min: float | None = None):
+    """The parameterization ``name``; ``sigma_data`` sets EDM's (and the consistency function's)
+    data standard deviation, ``sigma_min`` the consistency function's boundary level."""
     try:
         param = PARAMETERIZATIONS[name]
     except KeyError:
         raise ConfigError(f"unknown prediction '{name}'; allowed: {', '.join(PARAMETERIZATIONS)}") from None
-    if name == "edm" and sigma_data is not None:
+    if name in ("edm", "consistency") and sigma_data is not None:
         if not (sigma_data > 0 and math.isfinite(sigma_data)):
             raise ConfigError(f"diffusion.sigma_data must be a positive number, got {sigma_data}")
-        param = EDMPreconditioning(sigma_data=sigma_data)
+        param = dataclasses.replace(param, sigma_data=sigma_data)
+    if name == "consistency" and sigma_min is not None:
+        param = dataclasses.replace(param, sigma_min=float(sigma_min))
     return param

@@ -4,7 +4,8 @@ The seam (``base``: the ``Family`` contract, ``SampleOption``, ``TrainContext``,
 the ``FAMILIES`` registry), the one load seam (``loading``: ``load_run``, ``load``), and the
 built-in families, each in its own file: ``diffusion`` (and ``classifier``), ``vae``, ``gan``,
 ``pix2pix``, ``autoencoder``, ``controlnet`` (a control image steering another run), ``lora``
-(adapters on another run), ``distill`` (a faster student of another run). Importing this package registers them.
+(adapters on another run), ``distill`` (a faster student of another run), ``consistency``
+(consistency training and distillation). Importing this package registers them.
 
     >>> pipe = genmodels.families.load("runs/demo")
     >>> x = pipe.sample(16, seed=0)
@@ -17,7 +18,7 @@ from . import latent  # noqa: E402,F401  (the latent section: latent diffusion's
 from ..data import text  # noqa: E402,F401  (the text section: captions and their encoder)
 from ..data import masking  # noqa: E402,F401  (the inpaint section: an inpainting model's training masks)
 from ..data import control  # noqa: E402,F401  (the control section: a ControlNet's control images)
-from . import diffusion, gan, pix2pix, vae, autoencoder, controlnet, lora, distill  # noqa: E402,F401  (each registers its family)
+from . import diffusion, gan, pix2pix, vae, autoencoder, controlnet, lora, distill, consistency  # noqa: E402,F401  (each registers its family)
 from .diffusion import Pipeline, load_classifier  # noqa: E402
 from .. import interop  # noqa: E402,F401  (registers the diffusers: source of load; diffusers itself is imported lazily)
 

@@ -113,6 +113,9 @@ class DiffusionFamily(Family):
         return build.diffusion_parts(cfg, cfg.model.options)
 
     def build(self, cfg, options: dict) -> dict:
+        if cfg.diffusion.prediction == "consistency" and cfg.family != "consistency":
+            raise ConfigError("diffusion.prediction=consistency is trained by family: consistency (configs toy-ct, "
+                              "mnist-ct, mnist-cd), not by denoising regression")
         self.parts(cfg)  # a bad diffusion section fails before any weights are drawn
         return {"net": build.build_network(cfg.model.network, **options)}
 
@@ -153,6 +156,15 @@ class DiffusionFamily(Family):
         draw = self._draw(ctx, sampling_net, path, param)
         return TrainParts([phase], emas, preview=self._preview(ctx, draw), evaluate=self._evaluate(ctx, draw))
 
+    def sampler_options(self, cfg, path) -> dict | None:
+        """Options the run's own sampler takes in the preview (None: its defaults)."""
+        return None
+
+    def sampling_grid(self, cfg, path):
+        """An explicit grid for the run's own sampler (``generate(sigmas=)``); None: ``sample.steps``
+        levels of the path's spacing."""
+        return None
+
     def draw_cond(self, ctx: TrainContext, seeds) -> dict:
         """Conditioning the preview's samples ``seeds`` get beyond labels, captions and masks
         (a ControlNet: the control images of those training items)."""
@@ -178,7 +190,8 @@ class DiffusionFamily(Family):
             cond.update(full_mask_cond(getattr(net, "cond_keys", ()), len(seeds), ctx.dataset.shape, ctx.device))
             cond.update(self.draw_cond(ctx, seeds))
             x = generate(build.make_denoiser(net, path, param), path, shape=ctx.dataset.shape, seeds=seeds,
-                         **self.preview_sampling(ctx), cond=cond or None, device=ctx.device)
+                         **self.preview_sampling(ctx), cond=cond or None, device=ctx.device,
+                         sigmas=self.sampling_grid(ctx.cfg, path), options=self.sampler_options(ctx.cfg, path))
             return x if space is None else space.decode(x)
         return draw
 
@@ -298,7 +311,7 @@ class Pipeline(PipelineBase):
                labels=None, cond=None, prompt=None, negative_prompt=None, guidance=1.0, guidance_keys=None,
                guidance_interval=None,
                dynamic_threshold=None, classifier=None, classifier_scale=1.0, x_start=None, init_images=None,
-               start_sigma=None, strength=None, callback=None, walk=None, batch_size=64, progress=True,
+               start_sigma=None, strength=None, callback=None, walk=None, sigmas=None, batch_size=64, progress=True,
                dist=Dist(), **options) -> torch.Tensor:
         """``n`` samples; sample i uses seed ``seed + i``. Images are clamped to [-1, 1]. ``sampler``,
         ``steps``, ``eta`` and ``spacing`` default to the run's (``sample_settings``).
@@ -317,7 +330,8 @@ class Pipeline(PipelineBase):
         classifier guidance with ``classifier_scale``; works on unconditional models too.
         ``x_start`` / ``init_images`` with ``start_sigma`` or ``strength``: start mid-way
         (``samplers.generate``); ``callback``: the per-step callback (``samplers.base``); ``walk``:
-        a custom descent of the grid (``samplers.generate``: RePaint, DDRM). Latent
+        a custom descent of the grid (``samplers.generate``: RePaint, DDRM); ``sigmas``: an
+        explicit grid (descending, ending in 0) instead of ``steps`` and ``spacing``. Latent
         runs: ``init_images`` are images (encoded here), ``x_start`` and what the callback sees
         are latents; the result is decoded.
         ``dist``: split the batches over the ranks of a torchrun launch (see ``generate``).
@@ -377,7 +391,7 @@ class Pipeline(PipelineBase):
                      sampler=sampler, steps=steps, eta=eta, spacing=spacing, sigma_max=sigma_max, cond=cond,
                      batch_size=batch_size, device=self.device, progress=progress, options=options,
                      x_start=x_start, init_images=init_images, start_sigma=start_sigma, strength=strength,
-                     callback=callback, walk=walk, dist=dist)
+                     callback=callback, walk=walk, sigmas=sigmas, dist=dist)
         if self.latent is not None:
             x = self.latent.decode(x)
         return x.clamp(-1, 1) if len(self.data_shape) == 3 else x

@@ -4,6 +4,7 @@ callback contract is in ``base``; ``generate`` draws per-seed samples with any o
 or mid-way."""
 
 from .base import SamplingCancelled, SeededNoise, after_step, ancestral_split, edm_churn, sample_loop, to_d
+from .consistency import sample_consistency
 from .generate import generate, start_index
 from .invert import ddim_invert, round_trip_error
 from .multistep import sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_3m_sde, sample_unipc
@@ -15,7 +16,7 @@ from .sde import (langevin_corrector, restart_branches, restart_evaluations, res
 __all__ = ["DEFAULT_GRIDS", "SAMPLERS", "SHARED_PARAMS", "SamplingCancelled", "SeededNoise", "after_step",
            "ancestral_split", "ddim_invert", "edm_churn", "evaluations", "generate", "get_sampler", "grid_settings",
            "heun_step", "langevin_corrector", "restart_branches", "restart_evaluations", "restart_plan",
-           "round_trip_error", "run_sampler", "sample_ddim", "sample_ddpm", "sample_dpmpp_2m",
+           "round_trip_error", "run_sampler", "sample_consistency", "sample_ddim", "sample_ddpm", "sample_dpmpp_2m",
            "sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde", "sample_euler", "sample_euler_ancestral",
            "sample_euler_maruyama", "sample_heun", "sample_loop", "sample_pc", "sample_restart", "sample_rk45",
            "sample_unipc", "start_index", "to_d"]

@@ -44,11 +44,20 @@ def start_index(sigmas: torch.Tensor, *, strength: float | None = None, start_si
     return torch.cat([sigmas.new_tensor([start_sigma]), below])
 
 
+def check_grid(sigmas) -> torch.Tensor:
+    """A given sampling grid as float64, checked: strictly descending, positive, ending in 0."""
+    grid = torch.as_tensor(sigmas, dtype=torch.float64).cpu().reshape(-1)
+    if len(grid) < 2 or grid[-1] != 0 or (grid[:-1] <= 0).any() or (grid[1:] >= grid[:-1]).any():
+        raise ConfigError(f"a sampling grid must be positive noise levels, strictly descending, then 0; got "
+                          f"{[round(float(s), 6) for s in grid]}")
+    return grid
+
+
 @torch.inference_mode()
 def generate(denoiser, path, *, shape, seeds, sampler="ddim", steps=50, eta=None, spacing=None,
              sigma_max=None, cond=None, batch_size=64, device="cpu", progress=False, options=None,
              x_start=None, init_images=None, start_sigma=None, strength=None, callback=None, walk=None,
-             dist: Dist = Dist()) -> torch.Tensor:
+             sigmas=None, dist: Dist = Dist()) -> torch.Tensor:
     """Draw one sample per seed; sample i depends only on seeds[i] (and its conditioning).
 
     ``spacing`` / ``sigma_max``: the grid (``sigma_grid``); without a spacing, the sampler's own
@@ -80,8 +89,14 @@ def generate(denoiser, path, *, shape, seeds, sampler="ddim", steps=50, eta=None
     Under torchrun (``dist``) rank r draws batches r, r + world_size, ... of the seeds, the same
     batches one process would draw, and every rank returns all samples: the result equals one
     process's. Returns float32 on the CPU, shape [len(seeds), *shape].
+
+    ``sigmas``: an explicit descending grid ending in 0 instead of ``steps`` levels of ``spacing``
+    (a consistency model's few hand-placed levels).
     """
-    sigmas = sigma_grid(path, steps, **grid_settings(sampler, spacing, sigma_max))
+    if sigmas is None:
+        sigmas = sigma_grid(path, steps, **grid_settings(sampler, spacing, sigma_max))
+    else:
+        sigmas = check_grid(sigmas)
     full_top = sigmas[0]
     seeds = list(seeds)
     mid_way = x_start is not None or init_images is not None

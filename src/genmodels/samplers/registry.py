@@ -4,6 +4,7 @@ the network evaluations it spends, and the call that passes each only the option
 import inspect
 
 from ..errors import ConfigError
+from .consistency import sample_consistency
 from .multistep import sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_3m_sde, sample_unipc
 from .ode import sample_euler, sample_heun, sample_rk45
 from .sde import (restart_evaluations, sample_ddim, sample_ddpm, sample_euler_ancestral, sample_euler_maruyama,
@@ -23,6 +24,7 @@ SAMPLERS = {
     "euler_maruyama": sample_euler_maruyama,
     "pc": sample_pc,
     "restart": sample_restart,
+    "consistency": sample_consistency,
 }
 
 # The grid (sigma_grid's spacing and sigma_max) a sampler gets when the caller names no spacing;
