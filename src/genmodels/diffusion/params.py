@@ -177,6 +177,7 @@ class ClippedPrediction(Parameterization):
         return self.base.x0_error_scale(alpha, sigma)
 
 
+@dataclass(frozen=True)
 class ConsistencyParameterization(EDMPreconditioning):
     """A consistency function (Song et al. 2023, Sec. 3 and Appendix C) in VE coordinates:
 
