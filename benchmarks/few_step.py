@@ -46,7 +46,9 @@ def parse_cell(text):
 
 
 def cell_name(run, cell):
-    return ":".join(str(v) for v in (Path(run).name, cell["sampler"], cell["steps"], cell.get("spacing", ""),
+    run, _, weights = run.partition("#")
+    label = Path(run).name + (f"#{Path(weights).stem}" if weights else "")
+    return ":".join(str(v) for v in (label, cell["sampler"], cell["steps"], cell.get("spacing", ""),
                                      cell.get("sigma_max", ""))).rstrip(":")
 
 
@@ -83,6 +85,18 @@ def draw(pipe, cell, n, seed, cache: Path, name, batch_size, chunk=500):
     return torch.cat(xs), seconds
 
 
+def load_spec(spec):
+    """RUN, or RUN#WEIGHTS: the run with another weights file of its network (a progressive
+    distillation's earlier round, rounds/round{k}-steps{N}.safetensors)."""
+    from genmodels.train.checkpoint import load_weights
+
+    run, _, weights = spec.partition("#")
+    pipe = genmodels.load(run)
+    if weights:
+        load_weights({"net": pipe.net}, Path(run) / weights)
+    return pipe
+
+
 def student_cell(pipe):
     s = pipe.config.sample
     cell = {"sampler": s.sampler, "steps": s.steps}
@@ -112,15 +126,15 @@ def main():
         ref_cnn, ref_ssl = reference_features("mnist", cnn), reference_features("mnist", ssl)
     jobs = [(args.run, parse_cell(c)) for c in args.cells]
     for item in args.students:
-        run, _, steps = item.partition("@")
-        cell = student_cell(genmodels.load(run))
+        spec, _, steps = item.partition("@")
+        cell = student_cell(genmodels.load(spec.partition("#")[0]))
         if steps:
             cell["steps"] = int(steps)
-        jobs.append((run, cell))
+        jobs.append((spec, cell))
 
     rows, pipes = [], {}
     for run, cell in jobs:
-        pipe = pipes.setdefault(run, genmodels.load(run))
+        pipe = pipes.get(run) or pipes.setdefault(run, load_spec(run))
         name = cell_name(run, cell)
         per_seed = []
         for seed in args.seeds:
@@ -137,7 +151,7 @@ def main():
             continue
         row = {"cell": name, "run": str(run), **cell, "n": args.n, "seeds": args.seeds,
                "nfe": evaluations(cell["sampler"], cell["steps"]),
-               "train_minutes": distill_minutes(run) if run != args.run else None}
+               "train_minutes": distill_minutes(run.partition("#")[0]) if run != args.run else None}
         for key in per_seed[0]:
             values = np.array([s[key] for s in per_seed])
             row[key], row[key + "_std"] = float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0

@@ -266,8 +266,8 @@ class ConsistencyPipeline(Pipeline):
             return own + [0.0]
         return consistency_grid(self.path, steps or self.config.sample.steps, rho=self.config.consistency.rho)
 
-    def sample_settings(self, *, sampler=None, steps=None, eta=None, sigmas=None) -> dict:
-        settings = super().sample_settings(sampler=sampler, steps=steps, eta=eta)
+    def sample_settings(self, *, sampler=None, steps=None, eta=None, spacing=None, sigmas=None) -> dict:
+        settings = super().sample_settings(sampler=sampler, steps=steps, eta=eta, spacing=spacing)
         if settings["sampler"] == "consistency":
             grid = self.grid(steps, sigmas)
             settings.update(steps=len(grid) - 1, sigmas=grid)

@@ -45,6 +45,8 @@ from ..paths import cache_dir
 __all__ = ["FeatureCNN", "FeatureNet", "Recipe", "RECIPES", "build_feature_cnn", "feature_net",
            "feature_net_for", "check_input_shapes", "feature_cnn_path"]
 
+# the split each built-in dataset is judged against (protocol.py): all 5,000 MNIST images, as the set is small
+REFERENCE_SPLITS = {"mnist": "all", "fashion": "test", "digits": "all", "emoji": "all"}
 VERSION = 1  # bump when the architecture or a recipe changes: old cache files are then ignored
 
 
@@ -425,3 +427,21 @@ def torchscript_feature_net(path: Path) -> FeatureNet:
 def feature_net_id(net: FeatureNet) -> str:
     """A short id of the exact weights, for cache file names."""
     return (net.info.get("weights_sha256") or net.info.get("sha256") or weights_hash(net.module))[:16]
+
+
+def reference_features(dataset: str, net: FeatureNet, *, split=None, progress=True) -> torch.Tensor:
+    """Features [N, D] of ``dataset``'s reference split, cached per exact feature network."""
+    split = split or REFERENCE_SPLITS.get(dataset)
+    if split is None:
+        raise DataError(f"no reference split for dataset {dataset!r}; pass the real images "
+                        "(genmodels eval --real DIR_OR_NPZ --fake ...)")
+    path = cache_dir() / "features" / f"ref-{dataset}-{split}-{feature_net_id(net)}.safetensors"
+    if path.is_file():
+        return load_file(str(path))["features"].double()
+    real = load_dataset(dataset, split=split)
+    features = net.features(real.x, convert=True, progress=progress)  # the protocol's fixed conversion
+    try:
+        atomic_write(path, lambda tmp: save_file({"features": features.float().contiguous()}, tmp))
+    except OSError:
+        pass  # an unwritable cache only costs recomputing
+    return features

@@ -26,40 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from ..data import TOY_DISTRIBUTIONS, load_dataset
-from ..errors import ConfigError, DataError
-from ..paths import cache_dir
-from ..train.checkpoint import atomic_write
-from .features import FeatureNet, feature_net, feature_net_for, feature_net_id
+from ..errors import ConfigError
+from .features import REFERENCE_SPLITS, FeatureNet, feature_net, feature_net_for, reference_features
 from .registry import METRICS, EvalInputs, compute, default_metrics, needs, parse_metrics
 
 __all__ = ["REFERENCE_SPLITS", "SEED_STRIDE", "reference_features", "compare_images", "evaluate", "EvalResult",
            "parse_metrics", "format_table", "METRICS"]
 
-REFERENCE_SPLITS = {"mnist": "all", "fashion": "test", "digits": "all", "emoji": "all"}
 SEED_STRIDE = 1_000_000  # sample i of evaluation seed s uses seed s * SEED_STRIDE + i
 DEFAULT_IMAGE_METRICS = default_metrics("image")
-
-
-# ---- reference features ---------------------------------------------------------------------
-def reference_features(dataset: str, net: FeatureNet, *, split=None, progress=True) -> torch.Tensor:
-    """Features [N, D] of ``dataset``'s reference split, cached per exact feature network."""
-    split = split or REFERENCE_SPLITS.get(dataset)
-    if split is None:
-        raise DataError(f"no reference split for dataset {dataset!r}; pass the real images "
-                        "(genmodels eval --real DIR_OR_NPZ --fake ...)")
-    path = cache_dir() / "features" / f"ref-{dataset}-{split}-{feature_net_id(net)}.safetensors"
-    if path.is_file():
-        return load_file(str(path))["features"].double()
-    real = load_dataset(dataset, split=split)
-    features = net.features(real.x, convert=True, progress=progress)  # the protocol's fixed conversion
-    try:
-        atomic_write(path, lambda tmp: save_file({"features": features.float().contiguous()}, tmp))
-    except OSError:
-        pass  # an unwritable cache only costs recomputing
-    return features
 
 
 def compare_images(real, fake, *, features="mnist", metrics=DEFAULT_IMAGE_METRICS, labels=None,

@@ -216,7 +216,7 @@ def _ssl(inp, *, subsets=100, subset_size=1000):
     """fd_ssl and kid_ssl: the samples against the dataset's reference split in its self-supervised
     encoder's features (metrics/ssl.py), the judge that keeps within-class variation. Datasets
     without an encoder recipe give nothing (like ``modes`` on a mixture without modes)."""
-    from .protocol import reference_features
+    from .features import reference_features
     from .ssl import SSL_RECIPES, ssl_feature_net
 
     dataset = (inp.dataset or "").removeprefix("edges:")  # image pairs make images of the underlying set
