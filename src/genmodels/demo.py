@@ -7,7 +7,8 @@ from .config import load_config
 from .images import save_grid, save_npz
 from .report import plot_loss, read_metrics, write_report
 
-DEMO_SAMPLES = dict(n=64, seed=0, sampler="ddim", steps=50)
+# the run's sampler (mnist-ddpm: DPM-Solver++ 2M SDE, 10 steps, trailing grid: docs/BENCHMARKS.md)
+DEMO_SAMPLES = dict(n=64, seed=0)
 # the protocol's scores beside the recognisable share: at n = 1,000 their error is well below the
 # differences between samplers and settings (docs/EVALUATION.md), which 64 samples cannot resolve
 DEMO_SCORES = dict(metrics=("fd_cnn", "kid", "fd_ssl"), n=1000, seeds=(0,))
@@ -33,7 +34,7 @@ def make_report(run_dir, *, device="auto", sample_seconds=None, scores=DEMO_SCOR
     run_dir = Path(run_dir)
     pipe = load(run_dir, device=device)
     diffusion = pipe.config.family == "diffusion"
-    settings = DEMO_SAMPLES if diffusion else {"n": DEMO_SAMPLES["n"], "seed": DEMO_SAMPLES["seed"]}
+    settings = DEMO_SAMPLES
     t0 = time.perf_counter()
     x = pipe.sample(**settings)
     sample_seconds = time.perf_counter() - t0
@@ -50,7 +51,7 @@ def make_report(run_dir, *, device="auto", sample_seconds=None, scores=DEMO_SCOR
         "training throughput": f"{last.get('img_per_s', 0):.0f} img/s",
         "final training loss": f"{last.get('loss', float('nan')):.4f}",
         "network parameters": f"{sum(p.numel() for p in pipe.net.parameters()):,}",
-        "sampler": (f"{DEMO_SAMPLES['sampler']}, {DEMO_SAMPLES['steps']} steps, " if diffusion else "") +
+        "sampler": (f"{sampler_words(pipe)}, " if diffusion else "") +
                    f"seeds {DEMO_SAMPLES['seed']}..{DEMO_SAMPLES['seed'] + DEMO_SAMPLES['n'] - 1}",
         "sampling time": f"{sample_seconds:.1f} s for {len(x)} images "
                          f"({1000 * sample_seconds / len(x):.0f} ms/image)",
@@ -61,10 +62,15 @@ def make_report(run_dir, *, device="auto", sample_seconds=None, scores=DEMO_SCOR
         if scores:
             facts.update(protocol_facts(pipe, run_dir, **scores))
     what = "DDPM" if diffusion else pipe.config.family.upper()
-    how = "DDIM, 50 steps, EMA weights" if diffusion else "EMA weights"
+    how = f"{sampler_words(pipe)}, EMA weights" if diffusion else "EMA weights"
     return write_report(run_dir, title=f"genmodels: {what} on {pipe.config.data.name}",
                         figures=[(f"64 samples ({how})", grid),
                                  ("training loss", loss_png)], facts=facts)
+
+
+def sampler_words(pipe) -> str:
+    s = pipe.sample_settings()
+    return f"{s['sampler']}, {s['steps']} steps" + (f", {s['spacing']} grid" if s.get("spacing") else "")
 
 
 def protocol_facts(pipe, run_dir, *, metrics, n, seeds) -> dict:
