@@ -192,7 +192,7 @@ def plot(rows, ref, path):
     for r in rows:
         if r is ref:
             continue
-        key = f"{Path(r['run']).name}: {r['sampler']}" + (f" ({r['spacing']})" if r.get("spacing") else "")
+        key = f"{Path(r['run'].partition('#')[0]).name}: {r['sampler']}" + (f" ({r['spacing']})" if r.get("spacing") else "")
         groups.setdefault(key, []).append(r)
     for key, rs in groups.items():
         rs = sorted(rs, key=lambda r: r["nfe"])
